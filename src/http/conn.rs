@@ -1,0 +1,492 @@
+//! The sans-IO HTTP/1.1 connection: bytes in, bytes out, a close decision.
+//!
+//! `Conn` never touches a socket or a clock. Its methods fall in four
+//! families, as in quinn-proto:
+//! - `handle_*`: input from the network (`handle_input`, `handle_eof`), the
+//!   clock (`handle_timeout`) or the process (`handle_shutdown`);
+//! - `on_sent`: the backend reports how many output bytes left;
+//! - `poll_*`: what the backend must do next (`poll_transmit`: bytes to send;
+//!   `poll_timeout`: the next deadline);
+//! - getters: `wants_read`, `is_done`, `is_idle`.
+//!
+//! After any `handle_*` or `on_sent` call the backend sends `poll_transmit`,
+//! re-arms its timer from `poll_timeout`, and closes the socket once
+//! `is_done` (after a lingering read, so the last response is not reset).
+//! `now` must never go backwards.
+//!
+//! Requests are processed straight from the caller's slice when it holds
+//! whole requests; only an incomplete tail is copied into the connection's
+//! own buffer, which comes from the per-core pool and goes back when empty.
+
+use std::mem;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use super::body::Chunked;
+use super::date::DateCache;
+use super::limits::Limits;
+use super::parse::{find_head_end, parse_head, Found, Framing, Head, Scan};
+use super::reject::Reject;
+use super::request::Request;
+use super::response::{write_response, Persist, Response};
+use crate::handler::Handler;
+use crate::metrics::{CoreStats, Deadline};
+use crate::pool::BufPool;
+
+/// What every `Conn` call may need from its core: the time of this loop
+/// turn, the cached date, the limits, the buffer pool, the counters and the
+/// core's handler.
+pub struct Ctx<'a, H: Handler + ?Sized> {
+    /// The time this loop turn started.
+    pub now: Instant,
+    /// The `Date` header value for this second.
+    pub date: &'a DateCache,
+    /// Limits and deadlines.
+    pub limits: &'a Limits,
+    /// The core's buffer pool.
+    pub pool: &'a mut BufPool,
+    /// The core's counters.
+    pub stats: &'a CoreStats,
+    /// The core's handler.
+    pub handler: &'a mut H,
+}
+
+impl<H: Handler + ?Sized> std::fmt::Debug for Ctx<'_, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request head (or waiting for one).
+    Head,
+    /// Head parsed; waiting for a Content-Length body of this size.
+    Length(usize),
+    /// Head parsed; decoding a chunked body.
+    Chunked,
+    /// No more requests: finish sending, then close.
+    Closing,
+    /// Close now; pending output is dropped.
+    Closed,
+}
+
+/// 100 Continue, sent when a client waits for it before sending a body.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// One HTTP/1.1 connection's protocol state.
+#[derive(Debug)]
+pub struct Conn {
+    phase: Phase,
+    /// Bytes of the current request that arrived in earlier calls. Starts
+    /// at the request's first byte.
+    input: Vec<u8>,
+    /// Responses not yet sent; `out[sent..]` is pending.
+    out: Vec<u8>,
+    sent: usize,
+    scan: Scan,
+    head: Head,
+    /// In `Chunked`: offset in the request where undecoded body bytes start.
+    body_pos: usize,
+    chunked: Chunked,
+    decoded: Vec<u8>,
+    draining: bool,
+    max_pending: usize,
+    deadlines: [Option<Instant>; 4],
+}
+
+impl Conn {
+    /// A connection accepted at `now`. The head deadline runs from accept.
+    pub fn new(now: Instant, limits: &Limits) -> Conn {
+        let mut conn = Conn {
+            phase: Phase::Head,
+            input: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            scan: Scan::default(),
+            head: Head::default(),
+            body_pos: 0,
+            chunked: Chunked::default(),
+            decoded: Vec::new(),
+            draining: false,
+            max_pending: limits.max_pending_output,
+            deadlines: [None; 4],
+        };
+        conn.deadlines[Deadline::Head as usize] = Some(now + limits.head_timeout);
+        conn
+    }
+
+    /// Feeds bytes received from the peer; answers every complete request.
+    /// Takes all of `data` (a tail that is not yet a whole request is kept).
+    /// Call with an empty slice to resume after `on_sent` returned true.
+    pub fn handle_input<H: Handler + ?Sized>(&mut self, data: &[u8], ctx: &mut Ctx<'_, H>) {
+        ctx.stats.bytes_in.add(data.len() as u64);
+        if matches!(self.phase, Phase::Closing | Phase::Closed) {
+            return;
+        }
+        if self.input.is_empty() {
+            let used = self.process(data, ctx);
+            if used < data.len() && !self.is_closing() {
+                self.keep(&data[used..], ctx.pool);
+            }
+        } else {
+            self.input.extend_from_slice(data);
+            let input = mem::take(&mut self.input);
+            let used = self.process(&input, ctx);
+            self.input = input;
+            if self.is_closing() {
+                self.input.clear();
+            } else {
+                self.input.drain(..used);
+                self.compact();
+            }
+        }
+        if self.input.is_empty() && self.input.capacity() > 0 {
+            ctx.pool.give(mem::take(&mut self.input));
+        }
+        self.rearm(ctx.now, ctx.limits, !data.is_empty());
+    }
+
+    /// The peer will send no more. A partial request can never complete,
+    /// so the connection finishes what it owes and closes.
+    pub fn handle_eof(&mut self) {
+        if self.phase != Phase::Closed {
+            self.phase = Phase::Closing;
+        }
+    }
+
+    /// Fires every deadline at or before `now`. Early calls do nothing.
+    pub fn handle_timeout<H: Handler + ?Sized>(&mut self, ctx: &mut Ctx<'_, H>) {
+        for kind in Deadline::ALL {
+            if self.deadlines[kind as usize].is_none_or(|d| d > ctx.now) {
+                continue;
+            }
+            self.deadlines[kind as usize] = None;
+            if matches!(self.phase, Phase::Closed) {
+                return;
+            }
+            ctx.stats.deadlines[kind as usize].inc();
+            match kind {
+                Deadline::Head if self.has_partial_request() => {
+                    self.reject(Reject::HeadTimeout, ctx)
+                }
+                Deadline::Body => self.reject(Reject::BodyTimeout, ctx),
+                Deadline::Head | Deadline::Idle | Deadline::Write => self.phase = Phase::Closed,
+            }
+        }
+        self.rearm(ctx.now, ctx.limits, false);
+    }
+
+    /// The server is shutting down: close now if idle, otherwise answer the
+    /// request in progress with `Connection: close` and then close.
+    pub fn handle_shutdown(&mut self) {
+        self.draining = true;
+        if self.phase == Phase::Head && !self.has_partial_request() {
+            self.phase = if self.pending() > 0 {
+                Phase::Closing
+            } else {
+                Phase::Closed
+            };
+        }
+    }
+
+    /// Records that the first `n` bytes of `poll_transmit` were sent.
+    /// Returns true when output had blocked request processing and has now
+    /// drained enough: call `handle_input(&[], ..)` to resume.
+    pub fn on_sent(&mut self, n: usize, now: Instant, limits: &Limits, pool: &mut BufPool) -> bool {
+        let was_blocked = self.pending() >= self.max_pending;
+        self.sent = (self.sent + n).min(self.out.len());
+        if self.sent == self.out.len() {
+            self.sent = 0;
+            pool.give(mem::take(&mut self.out));
+        }
+        if n > 0 {
+            self.deadlines[Deadline::Write as usize] = None;
+        }
+        self.rearm(now, limits, false);
+        was_blocked && self.pending() < self.max_pending && !self.input.is_empty()
+    }
+
+    /// Bytes waiting to be sent, oldest first.
+    pub fn poll_transmit(&self) -> &[u8] {
+        &self.out[self.sent..]
+    }
+
+    /// The earliest deadline, if any. Changes after any `handle_*` or
+    /// `on_sent` call.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.iter().flatten().min().copied()
+    }
+
+    /// Whether the backend should read more from the peer: false once the
+    /// connection is closing or has too much unsent output.
+    pub fn wants_read(&self) -> bool {
+        !self.is_closing() && self.pending() < self.max_pending
+    }
+
+    /// Whether the socket can be closed: nothing more will be sent.
+    pub fn is_done(&self) -> bool {
+        match self.phase {
+            Phase::Closed => true,
+            Phase::Closing => self.pending() == 0,
+            _ => false,
+        }
+    }
+
+    /// Whether the connection has decided to close (possibly after sending).
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing | Phase::Closed)
+    }
+
+    /// Between requests with nothing buffered and nothing to send: holds
+    /// no buffer.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Head && !self.has_partial_request() && self.pending() == 0
+    }
+
+    fn pending(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    fn has_partial_request(&self) -> bool {
+        !self.input.is_empty() || self.scan.started()
+    }
+
+    /// Answers every complete request at the front of `buf`; returns how
+    /// many bytes those requests used.
+    fn process<H: Handler + ?Sized>(&mut self, buf: &[u8], ctx: &mut Ctx<'_, H>) -> usize {
+        let mut pos = 0;
+        loop {
+            if self.pending() >= self.max_pending {
+                return pos;
+            }
+            let req = &buf[pos..];
+            let step = match self.phase {
+                Phase::Head if req.is_empty() => return pos,
+                Phase::Head => self.read_head(req, ctx),
+                Phase::Length(n) => Ok(self.read_length_body(req, n, ctx)),
+                Phase::Chunked => self.read_chunked_body(req, ctx),
+                Phase::Closing | Phase::Closed => return buf.len(),
+            };
+            match step {
+                Ok(Some(used)) => pos += used,
+                Ok(None) => return pos,
+                Err(reject) => {
+                    self.reject(reject, ctx);
+                    return buf.len();
+                }
+            }
+        }
+    }
+
+    /// Parses a head if one is complete. Returns the bytes used when the
+    /// request was answered (no body), `None` to wait for more.
+    fn read_head<H: Handler + ?Sized>(
+        &mut self,
+        req: &[u8],
+        ctx: &mut Ctx<'_, H>,
+    ) -> Result<Option<usize>, Reject> {
+        // httparse skips leading empty lines (RFC 9112 §2.2), so an empty
+        // line found first is not the end of a head: keep scanning.
+        loop {
+            let end = match find_head_end(req, &mut self.scan, ctx.limits)? {
+                Found::Complete(end) => end,
+                Found::Partial => return Ok(None),
+            };
+            if parse_head(req, end, &mut self.head, ctx.limits)? {
+                break;
+            }
+        }
+        let head_len = self.head.len;
+        match self.head.framing {
+            Some(Framing::Length(n)) => {
+                // NOTE(cast): n <= max_body, which a usize holds on 64-bit.
+                self.phase = Phase::Length(n as usize);
+                self.send_continue(req.len() == head_len, ctx.pool);
+                Ok(self.read_length_body(req, n as usize, ctx))
+            }
+            Some(Framing::Chunked) => {
+                self.phase = Phase::Chunked;
+                self.body_pos = head_len;
+                self.send_continue(req.len() == head_len, ctx.pool);
+                self.read_chunked_body(req, ctx)
+            }
+            _ => {
+                self.dispatch(&req[..head_len], &[], ctx);
+                Ok(Some(head_len))
+            }
+        }
+    }
+
+    fn read_length_body<H: Handler + ?Sized>(
+        &mut self,
+        req: &[u8],
+        n: usize,
+        ctx: &mut Ctx<'_, H>,
+    ) -> Option<usize> {
+        let head_len = self.head.len;
+        let end = head_len + n;
+        if req.len() < end {
+            return None;
+        }
+        self.dispatch(&req[..head_len], &req[head_len..end], ctx);
+        Some(end)
+    }
+
+    fn read_chunked_body<H: Handler + ?Sized>(
+        &mut self,
+        req: &[u8],
+        ctx: &mut Ctx<'_, H>,
+    ) -> Result<Option<usize>, Reject> {
+        let limits = ctx.limits;
+        let mut decoded = mem::take(&mut self.decoded);
+        let used = self.chunked.decode(
+            &req[self.body_pos..],
+            &mut decoded,
+            limits.max_body,
+            limits.max_chunk_line,
+        );
+        self.decoded = decoded;
+        self.body_pos += used?;
+        if !self.chunked.is_done() {
+            return Ok(None);
+        }
+        let decoded = mem::take(&mut self.decoded);
+        let end = self.body_pos;
+        self.dispatch(&req[..self.head.len], &decoded, ctx);
+        self.decoded = decoded;
+        self.decoded.clear();
+        Ok(Some(end))
+    }
+
+    /// Calls the handler and queues its response; a panic becomes a 500.
+    fn dispatch<H: Handler + ?Sized>(&mut self, head: &[u8], body: &[u8], ctx: &mut Ctx<'_, H>) {
+        let request = Request::new(head, &self.head, body);
+        let handler = &mut *ctx.handler;
+        let (res, panicked) = match catch_unwind(AssertUnwindSafe(|| handler.call(&request))) {
+            Ok(res) => (res, false),
+            Err(_) => {
+                ctx.stats.panics.inc();
+                (Response::text(500, "internal server error"), true)
+            }
+        };
+        let close = panicked || !self.head.keep_alive || res.wants_close() || self.draining;
+        let persist = match (close, self.head.minor) {
+            (true, _) => Persist::Close,
+            (false, 0) => Persist::KeepAlive,
+            (false, _) => Persist::Default,
+        };
+        self.ensure_out(ctx.pool);
+        write_response(
+            &mut self.out,
+            &res,
+            ctx.date.as_bytes(),
+            persist,
+            self.head.is_head,
+        );
+        ctx.stats.requests.inc();
+        ctx.stats.response(res.status());
+        self.phase = if close { Phase::Closing } else { Phase::Head };
+        self.next_request();
+    }
+
+    /// Queues the error response for `reject` and stops reading requests.
+    fn reject<H: Handler + ?Sized>(&mut self, reject: Reject, ctx: &mut Ctx<'_, H>) {
+        ctx.stats.rejects[reject.index()].inc();
+        ctx.stats.response(reject.status());
+        let res = Response::text(reject.status(), reject.message());
+        self.ensure_out(ctx.pool);
+        write_response(
+            &mut self.out,
+            &res,
+            ctx.date.as_bytes(),
+            Persist::Close,
+            false,
+        );
+        self.phase = Phase::Closing;
+        self.next_request();
+    }
+
+    fn send_continue(&mut self, no_body_yet: bool, pool: &mut BufPool) {
+        if self.head.expect_continue && no_body_yet {
+            self.ensure_out(pool);
+            self.out.extend_from_slice(CONTINUE);
+        }
+    }
+
+    fn next_request(&mut self) {
+        self.scan = Scan::default();
+        self.chunked = Chunked::default();
+        self.body_pos = 0;
+        self.deadlines[Deadline::Head as usize] = None;
+        self.deadlines[Deadline::Body as usize] = None;
+    }
+
+    fn ensure_out(&mut self, pool: &mut BufPool) {
+        if self.out.capacity() == 0 {
+            self.out = pool.take();
+        }
+    }
+
+    /// Keeps the unanswered tail of a request from the caller's slice. For a
+    /// chunked body only the head and the undecoded bytes are kept.
+    fn keep(&mut self, req: &[u8], pool: &mut BufPool) {
+        self.input = pool.take();
+        if self.phase == Phase::Chunked {
+            self.input.extend_from_slice(&req[..self.head.len]);
+            self.input.extend_from_slice(&req[self.body_pos..]);
+            self.body_pos = self.head.len;
+        } else {
+            self.input.extend_from_slice(req);
+        }
+    }
+
+    /// Drops decoded chunk bytes from the kept input, so a body sent in tiny
+    /// chunks costs its decoded size, not its framing.
+    fn compact(&mut self) {
+        if self.phase == Phase::Chunked && self.body_pos > self.head.len {
+            self.input.drain(self.head.len..self.body_pos);
+            self.body_pos = self.head.len;
+        }
+    }
+
+    /// Sets or clears each deadline for the current state.
+    fn rearm(&mut self, now: Instant, limits: &Limits, got_input: bool) {
+        let d = &mut self.deadlines;
+        let closing = matches!(self.phase, Phase::Closing | Phase::Closed);
+        let in_head = self.phase == Phase::Head;
+        let partial = !self.input.is_empty() || self.scan.started();
+        let pending = self.out.len() > self.sent;
+        let in_body = matches!(self.phase, Phase::Length(_) | Phase::Chunked);
+
+        let head = &mut d[Deadline::Head as usize];
+        if !in_head || closing {
+            *head = None;
+        } else if partial && head.is_none() {
+            *head = Some(now + limits.head_timeout);
+        }
+        let body = &mut d[Deadline::Body as usize];
+        if !in_body {
+            *body = None;
+        } else if got_input || body.is_none() {
+            *body = Some(now + limits.body_timeout);
+        }
+        let waiting_first = d[Deadline::Head as usize].is_some();
+        let idle = &mut d[Deadline::Idle as usize];
+        if in_head && !partial && !pending && !closing && !waiting_first {
+            if idle.is_none() {
+                *idle = Some(now + limits.idle_timeout);
+            }
+        } else {
+            *idle = None;
+        }
+        let write = &mut d[Deadline::Write as usize];
+        if !pending {
+            *write = None;
+        } else if write.is_none() {
+            *write = Some(now + limits.write_timeout);
+        }
+    }
+}

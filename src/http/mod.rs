@@ -1,0 +1,20 @@
+//! The HTTP/1.1 engine: parsing, body framing, responses and the sans-IO
+//! connection state machine. Nothing here names a socket, an fd or a clock.
+
+mod body;
+mod conn;
+mod date;
+mod limits;
+mod parse;
+mod reject;
+mod request;
+mod response;
+
+pub use body::Chunked;
+pub use conn::{Conn, Ctx};
+pub use date::{DateCache, DATE_LEN};
+pub use limits::{Limits, MAX_HEADERS_CEILING};
+pub use parse::{find_head_end, parse_head, Found, Framing, Head, Scan, Span};
+pub use reject::Reject;
+pub use request::Request;
+pub use response::{reason, write_response, Body, Persist, Response};

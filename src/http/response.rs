@@ -1,0 +1,313 @@
+//! Responses: what a handler returns, and how it becomes bytes.
+//!
+//! Serialization writes straight into the connection's output buffer. Every
+//! response gets `Server` and `Date`, and exactly one framing header
+//! (`Content-Length`), except where RFC 9110 forbids a body (1xx, 204, 304).
+
+use std::borrow::Cow;
+
+/// A response body held in memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Body {
+    /// No body (Content-Length: 0).
+    #[default]
+    Empty,
+    /// Bytes that live for the whole program: no copy, no allocation.
+    Static(&'static [u8]),
+    /// Bytes the handler built.
+    Bytes(Vec<u8>),
+}
+
+impl Body {
+    /// The body's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Body::Empty => &[],
+            Body::Static(b) => b,
+            Body::Bytes(b) => b,
+        }
+    }
+}
+
+/// Fields the connection writes itself; a handler may not set them, since a
+/// second framing header is exactly how responses get smuggled.
+const RESERVED: [&str; 5] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "date",
+    "server",
+];
+
+/// What a handler answers. Cheap to build: no allocation unless the handler
+/// adds headers or an owned body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    status: u16,
+    content_type: Option<&'static str>,
+    headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
+    body: Body,
+    close: bool,
+}
+
+impl Response {
+    /// A response with this status and no body.
+    pub fn new(status: u16) -> Response {
+        Response {
+            status,
+            content_type: None,
+            headers: Vec::new(),
+            body: Body::Empty,
+            close: false,
+        }
+    }
+
+    /// 200 with a static body and content type.
+    pub fn ok(content_type: &'static str, body: &'static [u8]) -> Response {
+        Response::new(200)
+            .with_content_type(content_type)
+            .with_body(Body::Static(body))
+    }
+
+    /// A `text/plain` response with a one-line body, as errors use.
+    pub fn text(status: u16, body: impl Into<String>) -> Response {
+        let mut text: String = body.into();
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        Response::new(status)
+            .with_content_type("text/plain; charset=utf-8")
+            .with_body(Body::Bytes(text.into_bytes()))
+    }
+
+    /// Sets the body.
+    pub fn with_body(mut self, body: Body) -> Response {
+        self.body = body;
+        self
+    }
+
+    /// Sets `Content-Type`.
+    pub fn with_content_type(mut self, content_type: &'static str) -> Response {
+        self.content_type = Some(content_type);
+        self
+    }
+
+    /// Adds a header field.
+    ///
+    /// # Panics
+    /// If the name is not a token, the value holds CR, LF or NUL, or the name
+    /// is one the connection owns (Content-Length, Transfer-Encoding,
+    /// Connection, Date, Server). Inside a handler the panic is caught and
+    /// answered with 500, so a header built from client input can never split
+    /// a response. Use `try_header` to handle the error yourself.
+    pub fn with_header(
+        self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Cow<'static, str>>,
+    ) -> Response {
+        match self.try_header(name, value) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Adds a header field, or says why it cannot.
+    pub fn try_header(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Cow<'static, str>>,
+    ) -> Result<Response, String> {
+        let (name, value) = (name.into(), value.into());
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(format!("invalid header name {name:?}"));
+        }
+        if RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+            return Err(format!("header {name:?} is set by the connection"));
+        }
+        if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            return Err(format!("invalid value for header {name:?}"));
+        }
+        self.headers.push((name, value));
+        Ok(self)
+    }
+
+    /// Asks the connection to close after this response.
+    pub fn with_close(mut self) -> Response {
+        self.close = true;
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
+    /// Whether the handler asked to close the connection.
+    pub fn wants_close(&self) -> bool {
+        self.close
+    }
+
+    /// The value of a header the handler set (name compared without case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+/// How the response tells the peer about the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// HTTP/1.1 keep-alive: no Connection header needed.
+    Default,
+    /// HTTP/1.0 keep-alive: `Connection: keep-alive`.
+    KeepAlive,
+    /// `Connection: close`.
+    Close,
+}
+
+/// Appends the response to `out`. `head_only` drops the body but keeps its
+/// Content-Length (a HEAD request, RFC 9110 §9.3.2).
+pub fn write_response(
+    out: &mut Vec<u8>,
+    res: &Response,
+    date: &[u8],
+    persist: Persist,
+    head_only: bool,
+) {
+    let body = res.body.as_bytes();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut code = itoa::Buffer::new();
+    out.extend_from_slice(code.format(res.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(res.status).as_bytes());
+    out.extend_from_slice(b"\r\nServer: coreloop\r\nDate: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\n");
+    if let Some(ct) = res.content_type {
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(ct.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &res.headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodiless = matches!(res.status, 100..=199 | 204 | 304);
+    if !bodiless {
+        out.extend_from_slice(b"Content-Length: ");
+        let mut len = itoa::Buffer::new();
+        out.extend_from_slice(len.format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match persist {
+        Persist::Default => {}
+        Persist::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        Persist::Close => out.extend_from_slice(b"Connection: close\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only && !bodiless {
+        out.extend_from_slice(body);
+    }
+}
+
+/// The reason phrase for a status code (RFC 9110 §15).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_one_framing_header() {
+        let mut out = Vec::new();
+        let res = Response::ok("text/plain", b"hi").with_header("X-A", "1");
+        write_response(&mut out, &res, b"DATE", Persist::Close, false);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nServer: coreloop\r\nDate: DATE\r\nContent-Type: text/plain\r\n\
+              X-A: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        );
+    }
+
+    #[test]
+    fn head_keeps_length_and_drops_body() {
+        let mut out = Vec::new();
+        write_response(
+            &mut out,
+            &Response::ok("a/b", b"abc"),
+            b"D",
+            Persist::Default,
+            true,
+        );
+        assert!(out.ends_with(b"Content-Length: 3\r\n\r\n"));
+    }
+
+    #[test]
+    fn refuses_splitting_and_framing_headers() {
+        assert!(Response::new(200).try_header("X", "a\r\nb").is_err());
+        assert!(Response::new(200)
+            .try_header("Content-Length", "1")
+            .is_err());
+        assert!(Response::new(200)
+            .try_header("Transfer-Encoding", "chunked")
+            .is_err());
+        assert!(Response::new(200).try_header("Bad Name", "v").is_err());
+    }
+}

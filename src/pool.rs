@@ -1,0 +1,55 @@
+//! A per-core pool of byte buffers, so idle connections hold none and busy
+//! ones reuse warm allocations instead of asking the allocator per request.
+
+/// Free list of cleared `Vec<u8>`s. Owned by one core; no locks.
+#[derive(Debug)]
+pub struct BufPool {
+    free: Vec<Vec<u8>>,
+    capacity: usize,
+    max_free: usize,
+}
+
+impl BufPool {
+    /// A pool handing out buffers of `capacity` bytes and keeping at most
+    /// `max_free` of them when they come back.
+    pub fn new(capacity: usize, max_free: usize) -> BufPool {
+        BufPool {
+            free: Vec::with_capacity(max_free),
+            capacity,
+            max_free,
+        }
+    }
+
+    /// An empty buffer with at least the pool's capacity.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.capacity))
+    }
+
+    /// Returns a buffer. Buffers that grew past four times the pool's size
+    /// (a large response) are dropped rather than kept, so one big answer
+    /// does not pin its memory forever.
+    pub fn give(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0
+            || buf.capacity() > self.capacity * 4
+            || self.free.len() >= self.max_free
+        {
+            return;
+        }
+        buf.clear();
+        self.free.push(buf);
+    }
+
+    /// Buffers waiting in the pool.
+    pub fn free_count(&self) -> usize {
+        self.free.len()
+    }
+}
+
+impl Default for BufPool {
+    /// 16 KiB buffers, up to 1024 kept.
+    fn default() -> Self {
+        BufPool::new(16 * 1024, 1024)
+    }
+}

@@ -1,0 +1,284 @@
+//! Drives a `Conn` in memory on a fixed clock, and reads its output back as
+//! responses. Shared by the engine tests.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use coreloop::http::{Conn, Ctx, DateCache, Limits};
+use coreloop::metrics::CoreStats;
+use coreloop::pool::BufPool;
+use coreloop::{Body, Request, Response, Router};
+
+/// A connection with everything a core would give it.
+pub struct Harness {
+    pub conn: Conn,
+    pub limits: Limits,
+    pub date: DateCache,
+    pub pool: BufPool,
+    pub stats: CoreStats,
+    pub router: Router,
+    pub now: Instant,
+    /// Everything the connection asked to send, in order.
+    pub wire: Vec<u8>,
+}
+
+/// The router the tests use: the built-ins plus a few probes.
+pub fn test_router() -> Router {
+    Router::builtins()
+        .post("/echo", |r: &Request<'_>| {
+            Response::new(200)
+                .with_content_type("application/octet-stream")
+                .with_body(Body::Bytes(r.body().to_vec()))
+        })
+        .route("PUT", "/echo", |r: &Request<'_>| {
+            Response::new(201).with_body(Body::Bytes(r.body().to_vec()))
+        })
+        .get("/target", |r: &Request<'_>| {
+            let text = format!("{}|{}|{}", r.path(), r.query().unwrap_or("-"), r.target());
+            Response::new(200).with_body(Body::Bytes(text.into_bytes()))
+        })
+        .get("/panic", |_: &Request<'_>| -> Response {
+            panic!("handler bug")
+        })
+        .get("/bye", |_: &Request<'_>| {
+            Response::ok("text/plain", b"bye").with_close()
+        })
+        .route("BREW", "/pot", |_: &Request<'_>| Response::new(418))
+        .get("/empty", |_: &Request<'_>| Response::new(204))
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Harness::with_limits(Limits::default())
+    }
+
+    pub fn with_limits(limits: Limits) -> Harness {
+        let now = Instant::now();
+        Harness {
+            conn: Conn::new(now, &limits),
+            date: DateCache::new(UNIX_EPOCH + Duration::from_secs(784_111_777)),
+            limits,
+            pool: BufPool::new(4096, 16),
+            stats: CoreStats::default(),
+            router: test_router(),
+            now,
+            wire: Vec::new(),
+        }
+    }
+
+    /// Feeds `data` and collects (and acknowledges) whatever is to be sent.
+    pub fn feed(&mut self, data: &[u8]) {
+        let mut ctx = Ctx {
+            now: self.now,
+            date: &self.date,
+            limits: &self.limits,
+            pool: &mut self.pool,
+            stats: &self.stats,
+            handler: &mut self.router,
+        };
+        self.conn.handle_input(data, &mut ctx);
+        self.flush();
+    }
+
+    /// Sends all pending output, resuming request processing when asked.
+    pub fn flush(&mut self) {
+        loop {
+            let out = self.conn.poll_transmit();
+            if out.is_empty() {
+                return;
+            }
+            self.wire.extend_from_slice(out);
+            let n = out.len();
+            let resume = self.conn.on_sent(n, self.now, &self.limits, &mut self.pool);
+            if resume {
+                let mut ctx = Ctx {
+                    now: self.now,
+                    date: &self.date,
+                    limits: &self.limits,
+                    pool: &mut self.pool,
+                    stats: &self.stats,
+                    handler: &mut self.router,
+                };
+                self.conn.handle_input(&[], &mut ctx);
+            }
+        }
+    }
+
+    /// Moves the clock and fires due deadlines.
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+        let mut ctx = Ctx {
+            now: self.now,
+            date: &self.date,
+            limits: &self.limits,
+            pool: &mut self.pool,
+            stats: &self.stats,
+            handler: &mut self.router,
+        };
+        self.conn.handle_timeout(&mut ctx);
+        self.flush();
+    }
+
+    pub fn responses(&self) -> Vec<Parsed> {
+        parse_responses(&self.wire).expect("server output is well framed")
+    }
+}
+
+/// One response read back from the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Parsed {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+
+    pub fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// Splits server output into responses, checking the framing of each:
+/// exactly one Content-Length except on 1xx/204/304, Date and Server on
+/// every final response, and no bytes left over. `head_requests` is not
+/// needed: HEAD responses are recognised by the test that sends them.
+pub fn parse_responses(mut wire: &[u8]) -> Result<Vec<Parsed>, String> {
+    let mut out = Vec::new();
+    while !wire.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut res = httparse::Response::new(&mut headers);
+        let len = match res.parse(wire) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                return Err(format!(
+                    "truncated head: {:?}",
+                    String::from_utf8_lossy(wire)
+                ))
+            }
+            Err(e) => return Err(format!("bad head {e}: {:?}", String::from_utf8_lossy(wire))),
+        };
+        let status = res.code.ok_or("no status")?;
+        let headers: Vec<(String, String)> = res
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let mut parsed = Parsed {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        wire = &wire[len..];
+        if (100..200).contains(&status) {
+            continue;
+        }
+        if parsed.count("date") != 1 || parsed.count("server") != 1 {
+            return Err(format!("{status}: Date/Server missing or repeated"));
+        }
+        if parsed.count("transfer-encoding") != 0 {
+            return Err("Transfer-Encoding in a response".into());
+        }
+        let lengths = parsed.count("content-length");
+        let bodiless = status == 204 || status == 304;
+        if bodiless {
+            if lengths != 0 {
+                return Err(format!("{status} with Content-Length"));
+            }
+        } else {
+            if lengths != 1 {
+                return Err(format!("{status} with {lengths} Content-Length fields"));
+            }
+            let n: usize = parsed
+                .header("content-length")
+                .and_then(|v| v.parse().ok())
+                .ok_or("bad Content-Length")?;
+            if wire.len() < n {
+                return Err(format!("body cut: want {n}, have {}", wire.len()));
+            }
+            parsed.body = wire[..n].to_vec();
+            wire = &wire[n..];
+        }
+        out.push(parsed);
+    }
+    Ok(out)
+}
+
+/// Like `parse_responses`, for output that answers HEAD requests: bodies
+/// are not expected after the given response indexes.
+pub fn parse_head_responses(wire: &[u8]) -> Result<Vec<Parsed>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut res = httparse::Response::new(&mut headers);
+    match res.parse(wire) {
+        Ok(httparse::Status::Complete(len)) => {
+            let parsed = Parsed {
+                status: res.code.unwrap_or(0),
+                headers: res
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect(),
+                body: wire[len..].to_vec(),
+            };
+            Ok(vec![parsed])
+        }
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// A small deterministic generator for split points (no extra crate).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self, bound: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % bound.max(1)
+    }
+}
+
+/// Feeds `raw` to a fresh harness cut at the given lengths.
+pub fn run_split(raw: &[u8], cuts: &[usize], limits: &Limits) -> Harness {
+    let mut h = Harness::with_limits(limits.clone());
+    let mut pos = 0;
+    for &len in cuts {
+        let end = (pos + len).min(raw.len());
+        h.feed(&raw[pos..end]);
+        pos = end;
+    }
+    if pos < raw.len() {
+        h.feed(&raw[pos..]);
+    }
+    h
+}
+
+/// What a run ended with: the final responses and the close decision.
+pub fn outcome(h: &Harness) -> (Vec<Parsed>, bool) {
+    (h.responses(), h.conn.is_closing())
+}
