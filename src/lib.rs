@@ -7,13 +7,35 @@
 //! - [`handler`]: the [`Handler`] trait, the [`Router`] and the built-in
 //!   endpoints.
 //! - [`pool`] and [`metrics`]: per-core buffers and counters.
+//! - [`io`]: the event loops (one per core) that drive `Conn` over sockets.
+//! - [`server`], [`config`], [`shutdown`], [`listener`], [`topology`]:
+//!   starting the cores, their knobs, the drain protocol, sockets, CPUs.
+//!
+//! ```no_run
+//! use coreloop::{Config, Response, Router, Server};
+//!
+//! let bound = Server::new(Config::default()).bind()?;
+//! bound.serve(|_core| Router::builtins().get("/hi", |_req: &coreloop::Request<'_>| Response::ok("text/plain", b"hi")))?;
+//! # Ok::<(), coreloop::server::Error>(())
+//! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod cli;
+pub mod config;
 pub mod handler;
 pub mod http;
+pub mod io;
+pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod pool;
+pub mod server;
+pub mod shutdown;
+pub mod topology;
 
+pub use config::{Backend, Config};
 pub use handler::{Handler, Router};
 pub use http::{Body, Request, Response};
+pub use server::{Bound, Report, Server};
+pub use shutdown::Shutdown;

@@ -1,10 +1,5 @@
-//! The coreloop binary. The event loops arrive with the epoll-server issue;
-//! until then it prints what it is and exits.
+//! The coreloop binary: flags -> Config -> run. See `coreloop --help`.
 
-fn main() {
-    eprintln!(
-        "coreloop {}: the HTTP engine is built; the server loop is not yet",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    coreloop::cli::main()
 }

@@ -179,17 +179,13 @@ impl Conn {
         self.rearm(ctx.now, ctx.limits, false);
     }
 
-    /// The server is shutting down: close now if idle, otherwise answer the
-    /// request in progress with `Connection: close` and then close.
+    /// The server is shutting down. An idle connection is done at once
+    /// (`is_done`); a request in progress, or one still arriving, is answered
+    /// with `Connection: close`. The backend should read what the kernel
+    /// already holds for the connection first, so a request that raced the
+    /// signal is answered rather than reset.
     pub fn handle_shutdown(&mut self) {
         self.draining = true;
-        if self.phase == Phase::Head && !self.has_partial_request() {
-            self.phase = if self.pending() > 0 {
-                Phase::Closing
-            } else {
-                Phase::Closed
-            };
-        }
     }
 
     /// Records that the first `n` bytes of `poll_transmit` were sent.
@@ -231,8 +227,17 @@ impl Conn {
         match self.phase {
             Phase::Closed => true,
             Phase::Closing => self.pending() == 0,
+            Phase::Head => self.draining && self.is_idle(),
             _ => false,
         }
+    }
+
+    /// Whether closing is graceful: the backend should shut down its write
+    /// side and drain the peer's remaining bytes before closing, so the
+    /// last response is not destroyed by a reset. False for aborts (write
+    /// stall, idle timeout), where there is nothing left to protect.
+    pub fn lingers(&self) -> bool {
+        self.phase == Phase::Closing
     }
 
     /// Whether the connection has decided to close (possibly after sending).

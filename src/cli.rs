@@ -1,0 +1,243 @@
+//! Command-line flags: parsed with clap into a `Config`. A bad value prints
+//! one line and exits 2 (clap's convention, kept for our own checks too).
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::config::{Backend, Config};
+use crate::http::Limits;
+use crate::server::{Error, Server};
+use crate::{logging, topology, Router};
+
+/// A thread-per-core HTTP/1.1 server.
+#[derive(Parser, Debug)]
+#[command(name = "coreloop", version, about, long_about = None)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Port to listen on (0 picks a free port).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Worker threads (default: one per CPU in --cpus or the affinity mask).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// CPUs to run on, e.g. 0,2-3 (default: the affinity mask).
+    #[arg(long, value_parser = topology::parse_cpu_list)]
+    cpus: Option<Vec<usize>>,
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// listen(2) backlog of each core's listener.
+    #[arg(long, default_value_t = 1024)]
+    backlog: i32,
+    /// Most connections per core; at the limit a core stops accepting.
+    #[arg(long, default_value_t = 8192)]
+    max_conns: usize,
+    /// Time allowed from a request's first byte to the end of its head.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    head_timeout: Duration,
+    /// Longest pause between reads of a request body.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// How long a keep-alive connection may stay idle.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Longest time a response may make no progress towards the client.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    write_timeout: Duration,
+    /// How long to drain a closing connection's input after the last response.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    linger_timeout: Duration,
+    /// Longest request line (414 beyond), e.g. 8k.
+    #[arg(long, default_value = "8k", value_parser = parse_size)]
+    max_request_line: u64,
+    /// Longest request head (431 beyond), e.g. 16k.
+    #[arg(long, default_value = "16k", value_parser = parse_size)]
+    max_head: u64,
+    /// Most header fields per request (431 beyond), at most 256.
+    #[arg(long, default_value_t = 100)]
+    max_headers: usize,
+    /// Largest request body (413 beyond), e.g. 1m.
+    #[arg(long, default_value = "1m", value_parser = parse_size)]
+    max_body: u64,
+    /// Per-core read buffer, e.g. 64k.
+    #[arg(long, default_value = "64k", value_parser = parse_size)]
+    read_buffer: u64,
+    /// How long a graceful shutdown may take before connections are forced.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+    /// Event-loop backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// Log level.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Epoll,
+    Uring,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl Args {
+    /// The configuration these flags describe.
+    pub fn config(&self) -> Result<Config, String> {
+        let size = |flag: &str, v: u64| {
+            usize::try_from(v).map_err(|_| format!("--{flag} {v} is too large"))
+        };
+        let config = Config {
+            bind: self.bind,
+            port: self.port,
+            workers: self.workers,
+            cpus: self.cpus.clone(),
+            pin: !self.no_pin,
+            backlog: self.backlog,
+            max_conns: self.max_conns,
+            limits: Limits {
+                max_request_line: size("max-request-line", self.max_request_line)?,
+                max_head: size("max-head", self.max_head)?,
+                max_headers: self.max_headers,
+                max_body: self.max_body,
+                head_timeout: self.head_timeout,
+                body_timeout: self.body_timeout,
+                idle_timeout: self.idle_timeout,
+                write_timeout: self.write_timeout,
+                ..Limits::default()
+            },
+            shutdown_timeout: self.shutdown_timeout,
+            linger_timeout: self.linger_timeout,
+            read_buffer: size("read-buffer", self.read_buffer)?,
+            backend: match self.backend {
+                BackendArg::Auto => Backend::Auto,
+                BackendArg::Epoll => Backend::Epoll,
+                BackendArg::Uring => Backend::Uring,
+            },
+            handle_signals: true,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn log_level(&self) -> log::LevelFilter {
+        match self.log_level {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// The binary: flags -> config -> serve the built-in routes. Exit 0 after a
+/// graceful shutdown, 2 for bad flags, 1 when the server fails.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    logging::init(args.log_level());
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(msg) => {
+            eprintln!("coreloop: error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    if config.backend == Backend::Auto {
+        log::info!("backend auto: io_uring backend not built yet, using epoll");
+    }
+    let result = Server::new(config)
+        .bind()
+        .and_then(|bound| bound.serve(|_core| Router::builtins()));
+    match result {
+        Ok(report) => {
+            let (drained, forced) = report
+                .cores
+                .iter()
+                .fold((0, 0), |(d, f), c| (d + c.drained, f + c.forced));
+            log::info!("stopped: {drained} connections drained, {forced} forced");
+            ExitCode::SUCCESS
+        }
+        Err(e @ Error::Config(_)) => {
+            eprintln!("coreloop: error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("coreloop: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `10s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(
+        t.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len()),
+    );
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 10s or 500ms"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs > 86_400.0 * 365.0 {
+        return Err(format!("duration {text:?} is too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `4096`, `16k`, `1m`, `1g` (binary multiples).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let (num, mult) = match t.strip_suffix(['k', 'm', 'g']) {
+        Some(n) if t.ends_with('k') => (n, 1u64 << 10),
+        Some(n) if t.ends_with('m') => (n, 1 << 20),
+        Some(n) => (n, 1 << 30),
+        None => (t.as_str(), 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size {text:?}: expected e.g. 4096, 16k or 1m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_size("16k"), Ok(16384));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999g").is_err());
+    }
+}

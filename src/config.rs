@@ -1,0 +1,132 @@
+//! Every knob of the server, its default, and its validation.
+//!
+//! Defaults are what `cargo run --release` uses. The CLI (`src/cli.rs`)
+//! only fills this struct; `Config::validate` is the one place values are
+//! checked against each other.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::http::Limits;
+
+/// Which event-loop backend the cores run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring where the kernel allows it, epoll otherwise.
+    Auto,
+    /// epoll through mio.
+    Epoll,
+    /// io_uring; fail at start if the kernel refuses it.
+    Uring,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::Epoll => "epoll",
+            Backend::Uring => "uring",
+        })
+    }
+}
+
+/// The server's configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on. Default 127.0.0.1.
+    pub bind: IpAddr,
+    /// Port to listen on; 0 picks a free one (all cores share it).
+    /// Default 8080.
+    pub port: u16,
+    /// Worker threads, one event loop each. Default: one per CPU in
+    /// `cpus` (or in the process's affinity mask).
+    pub workers: Option<usize>,
+    /// CPUs to run on. Default: the process's affinity mask.
+    pub cpus: Option<Vec<usize>>,
+    /// Pin each worker to its CPU. Default true; turn off when the
+    /// scheduler should place threads (more workers than CPUs, or sharing
+    /// the machine with other pinned work).
+    pub pin: bool,
+    /// listen(2) backlog per core listener. Default 1024; the kernel caps
+    /// it at net.core.somaxconn. Raise it for bursts of new connections.
+    pub backlog: i32,
+    /// Most connections one core holds. At the limit a core stops
+    /// accepting (new connections wait in its backlog) and keeps serving
+    /// the ones it has. Default 8192.
+    pub max_conns: usize,
+    /// Request limits and per-connection deadlines.
+    pub limits: Limits,
+    /// How long a graceful shutdown may take before the remaining
+    /// connections are closed by force. Default 10 s.
+    pub shutdown_timeout: Duration,
+    /// After the last response on a closing connection, how long to keep
+    /// reading (and dropping) what the peer still sends, so the response is
+    /// not destroyed by a TCP reset. Default 2 s.
+    pub linger_timeout: Duration,
+    /// Per-core read buffer in bytes; one read takes at most this much.
+    /// Default 64 KiB.
+    pub read_buffer: usize,
+    /// Event-loop backend. Default auto.
+    pub backend: Backend,
+    /// Install SIGTERM/SIGINT handlers that start a graceful shutdown (a
+    /// second signal exits at once). Default true; an embedding program
+    /// that handles signals itself turns it off and calls
+    /// `Shutdown::trigger`.
+    pub handle_signals: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8080,
+            workers: None,
+            cpus: None,
+            pin: true,
+            backlog: 1024,
+            max_conns: 8192,
+            limits: Limits::default(),
+            shutdown_timeout: Duration::from_secs(10),
+            linger_timeout: Duration::from_secs(2),
+            read_buffer: 64 * 1024,
+            backend: Backend::Auto,
+            handle_signals: true,
+        }
+    }
+}
+
+impl Config {
+    /// The socket address to bind.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.port)
+    }
+
+    /// Checks the values; the message names the flag and the value.
+    pub fn validate(&self) -> Result<(), String> {
+        self.limits.validate()?;
+        match self.workers {
+            Some(0) => return Err("--workers must be at least 1".into()),
+            Some(w) if w > 1024 => return Err(format!("--workers {w} is above the maximum 1024")),
+            _ => {}
+        }
+        if self.cpus.as_ref().is_some_and(Vec::is_empty) {
+            return Err("--cpus names no CPU".into());
+        }
+        if self.backlog < 1 {
+            return Err(format!("--backlog {} must be at least 1", self.backlog));
+        }
+        if self.max_conns == 0 {
+            return Err("--max-conns must be at least 1".into());
+        }
+        if self.read_buffer < 1024 {
+            return Err(format!(
+                "read buffer {} is below the minimum 1024",
+                self.read_buffer
+            ));
+        }
+        if self.linger_timeout.is_zero() {
+            return Err("--linger-timeout must be above 0".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,550 @@
+//! The epoll backend (through mio): edge-triggered, one `Poll` per core.
+//!
+//! Each connection is registered once for READABLE | WRITABLE and never
+//! re-registered: with edge triggering, a writable edge arrives only after
+//! a write met a full socket buffer, so interest never has to change.
+//! Reads go into one per-core buffer and are handed straight to `Conn`;
+//! a read shorter than the buffer means the socket is drained (TCP), which
+//! saves the read that would return EAGAIN. Everything one read produced
+//! leaves in one write.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown as Direction;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use nix::libc;
+use slab::Slab;
+
+use super::wheel::Wheel;
+use super::{Core, CoreReport};
+use crate::handler::Handler;
+use crate::http::{Conn, Ctx, DateCache, Limits};
+use crate::metrics::CoreStats;
+use crate::pool::BufPool;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+/// Events taken per epoll_wait. 1024 keeps a -c1000 load to one wait per
+/// turn without a large buffer.
+const EVENTS: usize = 1024;
+/// Full-buffer reads one connection may take per turn before others get
+/// their turn (it goes to the ready list and continues next turn).
+const READS_PER_TURN: usize = 16;
+/// How long accept stays paused after EMFILE/ENFILE before it is retried.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// One connection slot.
+struct Entry {
+    stream: TcpStream,
+    conn: Conn,
+    gen: u32,
+    /// The earliest tick this entry is armed in the wheel, if any.
+    armed: Option<u64>,
+    /// The kernel may hold bytes we have not read (edge-triggered).
+    unread: bool,
+    /// Write side shut; reading and dropping until EOF or this deadline.
+    linger_until: Option<Instant>,
+}
+
+/// The per-core state a `Conn` call borrows.
+struct Env<H> {
+    date: DateCache,
+    limits: Limits,
+    pool: BufPool,
+    stats: Arc<crossbeam_utils::CachePadded<CoreStats>>,
+    handler: H,
+}
+
+impl<H: Handler> Env<H> {
+    fn ctx(&mut self, now: Instant) -> Ctx<'_, H> {
+        Ctx {
+            now,
+            date: &self.date,
+            limits: &self.limits,
+            pool: &mut self.pool,
+            stats: &self.stats,
+            handler: &mut self.handler,
+        }
+    }
+}
+
+/// Why accept is paused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Paused {
+    No,
+    /// The slab holds max_conns; resumes when one closes.
+    Full,
+    /// The process or system ran out of descriptors; retried at this time.
+    NoFiles(Instant),
+}
+
+struct Loop<H> {
+    id: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Entry>,
+    wheel: Wheel,
+    scratch: Vec<u8>,
+    ready: Vec<(usize, u32)>,
+    due: Vec<(usize, u32)>,
+    env: Env<H>,
+    now: Instant,
+    next_gen: u32,
+    paused: Paused,
+    max_conns: usize,
+    linger: Duration,
+    shutdown: crate::shutdown::Shutdown,
+    shutdown_timeout: Duration,
+    drain_deadline: Option<Instant>,
+    draining_from: usize,
+}
+
+/// Runs one core's loop until shutdown completes.
+pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    core.shutdown.add_waker(waker);
+    let mut listener = TcpListener::from_std(core.listener);
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let now = Instant::now();
+    let config = &core.config;
+    let mut lp = Loop {
+        id: core.id,
+        poll,
+        listener: Some(listener),
+        conns: Slab::with_capacity(config.max_conns.min(4096)),
+        wheel: Wheel::new(now),
+        scratch: vec![0; config.read_buffer],
+        ready: Vec::new(),
+        due: Vec::new(),
+        env: Env {
+            date: DateCache::new(SystemTime::now()),
+            limits: config.limits.clone(),
+            pool: BufPool::default(),
+            stats: core.stats,
+            handler,
+        },
+        now,
+        next_gen: 0,
+        paused: Paused::No,
+        max_conns: config.max_conns,
+        linger: config.linger_timeout,
+        shutdown: core.shutdown,
+        shutdown_timeout: config.shutdown_timeout,
+        drain_deadline: None,
+        draining_from: 0,
+    };
+    lp.run()
+}
+
+impl<H: Handler> Loop<H> {
+    fn run(&mut self) -> io::Result<CoreReport> {
+        let mut events = Events::with_capacity(EVENTS);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            self.now = Instant::now();
+            self.env.date.update(SystemTime::now());
+            if self.drain_deadline.is_none() && self.shutdown.is_triggered() {
+                self.begin_drain();
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => self.on_event(
+                        key,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable(),
+                    ),
+                }
+            }
+            self.run_ready();
+            self.expire();
+            if let Paused::NoFiles(at) = self.paused {
+                if self.now >= at {
+                    self.accept();
+                }
+            }
+            if let Some(report) = self.drain_done() {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// How long epoll_wait may sleep: until the next timer, the accept
+    /// retry or the drain deadline; zero when connections wait their turn.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut timeout = self.wheel.next_timeout(self.now);
+        let mut consider = |at: Instant| {
+            let d = at.saturating_duration_since(self.now);
+            timeout = Some(timeout.map_or(d, |t| t.min(d)));
+        };
+        if let Paused::NoFiles(at) = self.paused {
+            consider(at);
+        }
+        if let Some(at) = self.drain_deadline {
+            consider(at);
+        }
+        // mio rounds up to whole milliseconds, so a due timer never spins.
+        timeout
+    }
+
+    fn accept(&mut self) {
+        loop {
+            if self.conns.len() >= self.max_conns {
+                self.pause(Paused::Full);
+                return;
+            }
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, _)) => self.add(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.paused = Paused::No;
+                    return;
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    self.pause(Paused::NoFiles(self.now + ACCEPT_RETRY));
+                    if self.paused != Paused::No {
+                        log::debug!("core {}: accept: {e}", self.id);
+                    }
+                    return;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    log::warn!("core {}: accept failed: {e}", self.id);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn pause(&mut self, why: Paused) {
+        if self.paused == Paused::No {
+            match why {
+                Paused::Full => log::warn!(
+                    "core {}: {} connections open (--max-conns): not accepting until one closes",
+                    self.id,
+                    self.conns.len()
+                ),
+                _ => log::warn!(
+                    "core {}: out of file descriptors: accept paused, retrying every {} ms",
+                    self.id,
+                    ACCEPT_RETRY.as_millis()
+                ),
+            }
+        }
+        self.paused = why;
+    }
+
+    fn add(&mut self, mut stream: TcpStream) {
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("core {}: TCP_NODELAY: {e}", self.id);
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("core {}: register connection: {e}", self.id);
+            return;
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        entry.insert(Entry {
+            stream,
+            conn: Conn::new(self.now, &self.env.limits),
+            gen: self.next_gen,
+            armed: None,
+            unread: true,
+            linger_until: None,
+        });
+        self.env.stats.accepted.inc();
+        self.env.stats.active.inc();
+        self.arm(key);
+    }
+
+    fn on_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(entry) = self.conns.get_mut(key) else {
+            return;
+        };
+        if readable {
+            entry.unread = true;
+        }
+        if entry.linger_until.is_some() {
+            self.linger_read(key);
+            return;
+        }
+        if readable || writable {
+            self.drive(key);
+        }
+    }
+
+    /// Reads, hands bytes to the connection, flushes, and repeats while the
+    /// connection can take more; then closes it or re-arms its timer.
+    fn drive(&mut self, key: usize) {
+        let mut reads = 0;
+        loop {
+            let Some(entry) = self.conns.get_mut(key) else {
+                return;
+            };
+            if entry.unread && entry.conn.wants_read() {
+                if reads == READS_PER_TURN {
+                    self.ready.push((key, entry.gen));
+                    break;
+                }
+                reads += 1;
+                if self.receive(key).is_err() {
+                    self.close(key);
+                    return;
+                }
+            }
+            match self.flush(key) {
+                Err(_) => {
+                    self.close(key);
+                    return;
+                }
+                Ok(true) => continue,
+                Ok(false) => {}
+            }
+            let Some(entry) = self.conns.get_mut(key) else {
+                return;
+            };
+            if !(entry.unread && entry.conn.wants_read()) {
+                break;
+            }
+        }
+        self.settle(key);
+    }
+
+    /// One read into the core's buffer, handed to the connection.
+    fn receive(&mut self, key: usize) -> io::Result<()> {
+        let Some(entry) = self.conns.get_mut(key) else {
+            return Ok(());
+        };
+        loop {
+            match entry.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    entry.unread = false;
+                    entry.conn.handle_eof();
+                    return Ok(());
+                }
+                Ok(n) => {
+                    entry.unread = n == self.scratch.len();
+                    entry
+                        .conn
+                        .handle_input(&self.scratch[..n], &mut self.env.ctx(self.now));
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    entry.unread = false;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes what the connection has pending. Ok(true) when the
+    /// connection resumed processing buffered requests and should be
+    /// driven again.
+    fn flush(&mut self, key: usize) -> io::Result<bool> {
+        let Some(entry) = self.conns.get_mut(key) else {
+            return Ok(false);
+        };
+        loop {
+            let out = entry.conn.poll_transmit();
+            if out.is_empty() {
+                return Ok(false);
+            }
+            let len = out.len();
+            match entry.stream.write(out) {
+                Ok(n) => {
+                    self.env.stats.bytes_out.add(n as u64);
+                    let env = &mut self.env;
+                    if entry.conn.on_sent(n, self.now, &env.limits, &mut env.pool) {
+                        entry.conn.handle_input(&[], &mut env.ctx(self.now));
+                        return Ok(true);
+                    }
+                    if n < len {
+                        // The socket buffer is full: a writable edge follows.
+                        return Ok(false);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// After a connection was driven: close it, start lingering, or arm
+    /// its next deadline.
+    fn settle(&mut self, key: usize) {
+        let Some(entry) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !entry.conn.is_done() {
+            self.arm(key);
+            return;
+        }
+        if !entry.conn.lingers() {
+            self.close(key);
+            return;
+        }
+        let _ = entry.stream.shutdown(Direction::Write);
+        entry.linger_until = Some(self.now + self.linger);
+        self.linger_read(key);
+    }
+
+    /// Reads and drops what a closing peer still sends; closes at EOF.
+    fn linger_read(&mut self, key: usize) {
+        let Some(entry) = self.conns.get_mut(key) else {
+            return;
+        };
+        loop {
+            match entry.stream.read(&mut self.scratch) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    entry.unread = false;
+                    self.arm(key);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.close(key);
+    }
+
+    fn close(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let entry = self.conns.remove(key);
+        drop(entry.stream);
+        self.env.stats.closed.inc();
+        self.env.stats.active.sub(1);
+        if self.paused == Paused::Full {
+            self.paused = Paused::No;
+            self.accept();
+        }
+    }
+
+    /// Puts the entry in the wheel if its deadline is earlier than what is
+    /// armed (later deadlines are found when the armed tick fires).
+    fn arm(&mut self, key: usize) {
+        let Some(entry) = self.conns.get_mut(key) else {
+            return;
+        };
+        let deadline = entry.linger_until.or_else(|| entry.conn.poll_timeout());
+        let Some(at) = deadline else { return };
+        let tick = self.wheel.tick_of(at);
+        if entry.armed.is_none_or(|armed| tick < armed) {
+            entry.armed = Some(self.wheel.insert(at, key, entry.gen));
+        }
+    }
+
+    fn expire(&mut self) {
+        self.wheel.expire(self.now, &mut self.due);
+        let due = std::mem::take(&mut self.due);
+        for &(key, gen) in &due {
+            let Some(entry) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if entry.gen != gen {
+                continue;
+            }
+            entry.armed = None;
+            match entry.linger_until {
+                Some(at) if self.now >= at => self.close(key),
+                Some(_) => self.arm(key),
+                None => {
+                    entry.conn.handle_timeout(&mut self.env.ctx(self.now));
+                    self.drive(key);
+                }
+            }
+        }
+        self.due = due;
+        self.due.clear();
+    }
+
+    fn run_ready(&mut self) {
+        let ready = std::mem::take(&mut self.ready);
+        for &(key, gen) in &ready {
+            if self.conns.get(key).is_some_and(|e| e.gen == gen) {
+                self.drive(key);
+            }
+        }
+        if self.ready.is_empty() {
+            self.ready = ready;
+            self.ready.clear();
+        }
+    }
+
+    /// Shutdown began: stop accepting, then give every connection one last
+    /// read (a request that raced the signal gets answered) and close the
+    /// idle ones.
+    fn begin_drain(&mut self) {
+        self.drain_deadline = Some(self.now + self.shutdown_timeout);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.draining_from = self.conns.len();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let Some(entry) = self.conns.get_mut(key) else {
+                continue;
+            };
+            entry.conn.handle_shutdown();
+            if entry.linger_until.is_none() {
+                entry.unread = true;
+                self.drive(key);
+            }
+        }
+    }
+
+    /// The report once draining is over: every connection gone, or the
+    /// deadline passed (the rest are closed by force and counted).
+    fn drain_done(&mut self) -> Option<CoreReport> {
+        let deadline = self.drain_deadline?;
+        if !self.conns.is_empty() && self.now < deadline {
+            return None;
+        }
+        let forced = self.conns.len();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key);
+        }
+        Some(CoreReport {
+            id: self.id,
+            drained: self.draining_from.saturating_sub(forced),
+            forced,
+        })
+    }
+}

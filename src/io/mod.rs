@@ -1,0 +1,54 @@
+//! Event-loop backends. Each core runs one loop that owns its listener,
+//! its poller, its slab of connections, its buffer pool, its timers and its
+//! handler, and drives `http::Conn` for every connection:
+//!
+//! accept -> receive -> hand bytes to `Conn` -> flush `poll_transmit` ->
+//! arm the timer from `poll_timeout` -> close when `is_done` (lingering
+//! when `lingers`).
+//!
+//! Every backend exposes `run(Core, handler) -> io::Result<CoreReport>` and
+//! keeps these names in this order, so the files can be read side by side.
+//! Shutdown: each loop checks the shared flag once per turn and is woken
+//! through its waker; it closes its listener, reads what idle connections
+//! already hold, answers in-flight requests with `Connection: close`, and
+//! returns when its slab is empty or the drain deadline passes.
+
+pub mod epoll;
+pub mod wheel;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+
+use crate::config::Config;
+use crate::metrics::CoreStats;
+use crate::shutdown::Shutdown;
+
+/// Everything one core's loop starts with.
+#[derive(Debug)]
+pub struct Core {
+    /// Core index, 0-based.
+    pub id: usize,
+    /// The CPU it is pinned to, if pinned.
+    pub cpu: Option<usize>,
+    /// This core's own listener (non-blocking, SO_REUSEPORT).
+    pub listener: TcpListener,
+    /// The server's configuration.
+    pub config: Arc<Config>,
+    /// This core's counters.
+    pub stats: Arc<CachePadded<CoreStats>>,
+    /// The shared shutdown flag.
+    pub shutdown: Shutdown,
+}
+
+/// How a core's loop ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreReport {
+    /// Core index.
+    pub id: usize,
+    /// Connections open when shutdown began that closed gracefully.
+    pub drained: usize,
+    /// Connections closed by force at the drain deadline.
+    pub forced: usize,
+}

@@ -1,0 +1,34 @@
+//! Listening sockets: one per core on the same address (SO_REUSEPORT, so
+//! the kernel spreads new connections across cores), and the open-files
+//! limit they all draw from.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// A non-blocking listener on `addr` with SO_REUSEADDR and SO_REUSEPORT,
+/// listening with `backlog` (capped by net.core.somaxconn).
+pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit. Returns (soft, hard)
+/// as they are afterwards.
+pub fn raise_nofile() -> io::Result<(u64, u64)> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
+    }
+    Ok((hard.max(soft), hard))
+}

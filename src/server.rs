@@ -1,0 +1,292 @@
+//! Starting the cores: bind one listener per core, start one pinned worker
+//! per core, wait for them, and report how each drained.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_utils::CachePadded;
+
+use crate::config::{Backend, Config};
+use crate::handler::Handler;
+use crate::io::{self as backend, Core, CoreReport};
+use crate::metrics::CoreStats;
+use crate::shutdown::Shutdown;
+use crate::{listener, topology};
+
+/// Why the server could not start or did not finish cleanly.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is invalid (the message names the flag).
+    Config(String),
+    /// The listening address could not be bound.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// A system call needed at start failed.
+    Setup {
+        /// What was being set up.
+        what: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// A core's event loop failed.
+    Core {
+        /// Core index.
+        id: usize,
+        /// Why.
+        source: io::Error,
+    },
+    /// A core's thread panicked outside any handler.
+    Panicked {
+        /// Core index.
+        id: usize,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(msg) => write!(f, "{msg}"),
+            Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Error::Setup { what, source } => write!(f, "{what}: {source}"),
+            Error::Core { id, source } => write!(f, "core {id} failed: {source}"),
+            Error::Panicked { id } => write!(f, "core {id} panicked"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Bind { source, .. }
+            | Error::Setup { source, .. }
+            | Error::Core { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A server to be bound: `Server::new(config).bind()?.serve(factory)`.
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+}
+
+/// A server whose listeners are open: connections queue from here on.
+#[derive(Debug)]
+pub struct Bound {
+    config: Arc<Config>,
+    /// (CPU to pin to, listener) per core.
+    cores: Vec<(Option<usize>, std::net::TcpListener)>,
+    local_addr: SocketAddr,
+    shutdown: Shutdown,
+    stats: Vec<Arc<CachePadded<CoreStats>>>,
+}
+
+/// How the server ended, per core.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// One entry per core, in core order.
+    pub cores: Vec<CoreReport>,
+}
+
+impl Server {
+    /// A server with this configuration.
+    pub fn new(config: Config) -> Server {
+        Server { config }
+    }
+
+    /// Validates the configuration, raises the open-files limit, chooses
+    /// the CPUs and opens one listener per core.
+    pub fn bind(self) -> Result<Bound, Error> {
+        let config = self.config;
+        config.validate().map_err(Error::Config)?;
+        if config.backend == Backend::Uring {
+            return Err(Error::Config(
+                "--backend uring: the io_uring backend is not built yet; use --backend epoll or auto".into(),
+            ));
+        }
+        let cpus = plan_cpus(&config)?;
+        check_nofile(&config, cpus.len());
+        let mut cores = Vec::with_capacity(cpus.len());
+        let mut addr = config.addr();
+        for cpu in cpus {
+            let l = listener::bind(addr, config.backlog)
+                .map_err(|source| Error::Bind { addr, source })?;
+            // Port 0: the first bind picks the port, the other cores join it.
+            addr = l.local_addr().map_err(|source| Error::Setup {
+                what: "listener address",
+                source,
+            })?;
+            cores.push((cpu, l));
+        }
+        let stats = cores
+            .iter()
+            .map(|_| Arc::new(CachePadded::new(CoreStats::default())))
+            .collect();
+        Ok(Bound {
+            config: Arc::new(config),
+            cores,
+            local_addr: addr,
+            shutdown: Shutdown::new(),
+            stats,
+        })
+    }
+}
+
+impl Bound {
+    /// The address the cores listen on (with the real port if 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle that starts the graceful shutdown when triggered.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Each core's counters, in core order.
+    pub fn stats(&self) -> Vec<Arc<CachePadded<CoreStats>>> {
+        self.stats.clone()
+    }
+
+    /// Runs every core until shutdown completes. `factory(core)` builds
+    /// each core's handler on that core's thread.
+    pub fn serve<F, H>(self, factory: F) -> Result<Report, Error>
+    where
+        F: Fn(usize) -> H + Send + Sync + 'static,
+        H: Handler + 'static,
+    {
+        if self.config.handle_signals {
+            self.shutdown
+                .handle_signals()
+                .map_err(|source| Error::Setup {
+                    what: "signal handlers",
+                    source,
+                })?;
+        }
+        let factory = Arc::new(factory);
+        let mut threads = Vec::new();
+        for (id, ((cpu, listener), stats)) in self.cores.into_iter().zip(self.stats).enumerate() {
+            let core = Core {
+                id,
+                cpu,
+                listener,
+                config: self.config.clone(),
+                stats,
+                shutdown: self.shutdown.clone(),
+            };
+            let factory = factory.clone();
+            let addr = self.local_addr;
+            let thread = thread::Builder::new()
+                .name(format!("coreloop-{id}"))
+                .spawn(move || run_core(core, addr, &*factory))
+                .map_err(|source| Error::Setup {
+                    what: "worker thread",
+                    source,
+                })?;
+            threads.push(thread);
+        }
+        let mut report = Report::default();
+        let mut failure = None;
+        for (id, thread) in threads.into_iter().enumerate() {
+            match thread.join() {
+                Ok(Ok(core)) => {
+                    log::info!(
+                        "core {}: drained {} connections, forced {}",
+                        core.id,
+                        core.drained,
+                        core.forced
+                    );
+                    report.cores.push(core);
+                }
+                Ok(Err(source)) => {
+                    log::error!("core {id}: {source}");
+                    failure.get_or_insert(Error::Core { id, source });
+                }
+                Err(_) => {
+                    log::error!("core {id}: panicked");
+                    failure.get_or_insert(Error::Panicked { id });
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+}
+
+fn run_core<F, H>(core: Core, addr: SocketAddr, factory: &F) -> io::Result<CoreReport>
+where
+    F: Fn(usize) -> H,
+    H: Handler,
+{
+    if let Some(cpu) = core.cpu {
+        topology::pin_current_thread(cpu)?;
+    }
+    let cpu = core
+        .cpu
+        .map_or_else(|| "unpinned".to_string(), |c| format!("cpu {c}"));
+    log::info!(
+        "core {}: {cpu}, backend epoll, listening on {addr}",
+        core.id
+    );
+    let handler = factory(core.id);
+    backend::epoll::run(core, handler)
+}
+
+/// One entry per worker: the CPU it is pinned to, or None when unpinned.
+fn plan_cpus(config: &Config) -> Result<Vec<Option<usize>>, Error> {
+    let allowed = topology::allowed_cpus().map_err(|source| Error::Setup {
+        what: "sched_getaffinity",
+        source,
+    })?;
+    let cpus = match &config.cpus {
+        Some(list) => {
+            if let Some(bad) = list.iter().find(|c| !allowed.contains(c)) {
+                return Err(Error::Config(format!(
+                    "--cpus: CPU {bad} is not in this process's affinity mask {allowed:?}"
+                )));
+            }
+            list.clone()
+        }
+        None => allowed,
+    };
+    let workers = config.workers.unwrap_or(cpus.len());
+    if !config.pin {
+        return Ok(vec![None; workers]);
+    }
+    if workers > cpus.len() {
+        return Err(Error::Config(format!(
+            "--workers {workers} needs {workers} CPUs to pin to, only {} available ({cpus:?}); add --no-pin",
+            cpus.len()
+        )));
+    }
+    Ok(cpus.into_iter().take(workers).map(Some).collect())
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit and says so when that is still
+/// below what --max-conns on every core needs.
+fn check_nofile(config: &Config, workers: usize) {
+    match listener::raise_nofile() {
+        Ok((soft, _)) => {
+            let needed = (config.max_conns * workers + 64) as u64;
+            if soft < needed {
+                log::warn!(
+                    "open-files limit is {soft}, below the {needed} that --max-conns {} on {workers} cores needs; \
+                     accept pauses when descriptors run out",
+                    config.max_conns
+                );
+            }
+        }
+        Err(e) => log::warn!("cannot raise the open-files limit: {e}"),
+    }
+}
