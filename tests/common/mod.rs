@@ -2,6 +2,8 @@
 //! responses. Shared by the engine tests.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use coreloop::http::{Conn, Ctx, DateCache, Limits};
@@ -44,6 +46,14 @@ pub fn test_router() -> Router {
             Response::ok("text/plain", b"bye").with_close()
         })
         .route("BREW", "/pot", |_: &Request<'_>| Response::new(418))
+        .get("/big", |r: &Request<'_>| {
+            let size = r
+                .query()
+                .and_then(|q| q.parse::<usize>().ok())
+                .unwrap_or(1 << 20);
+            let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            Response::new(200).with_body(Body::Bytes(body))
+        })
         .get("/empty", |_: &Request<'_>| Response::new(204))
 }
 

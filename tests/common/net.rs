@@ -1,0 +1,208 @@
+//! Real servers on 127.0.0.1 (ephemeral ports) and a small blocking client.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use coreloop::http::Limits;
+use coreloop::metrics::CoreStats;
+use coreloop::server::{Error, Report};
+use coreloop::{Backend, Config, Server, Shutdown};
+use crossbeam_utils::CachePadded;
+
+use super::Parsed;
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: Shutdown,
+    pub stats: Vec<Arc<CachePadded<CoreStats>>>,
+    thread: Option<JoinHandle<Result<Report, Error>>>,
+}
+
+/// Test defaults: two unpinned workers on an ephemeral port, no signal
+/// handlers (the test process owns its signals).
+pub fn config(backend: Backend) -> Config {
+    Config {
+        port: 0,
+        workers: Some(2),
+        pin: false,
+        backend,
+        handle_signals: false,
+        limits: Limits::default(),
+        linger_timeout: Duration::from_millis(500),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    pub fn start(config: Config) -> TestServer {
+        let bound = Server::new(config).bind().expect("bind");
+        let addr = bound.local_addr();
+        let shutdown = bound.shutdown_handle();
+        let stats = bound.stats();
+        let thread = thread::spawn(move || bound.serve(|_core| super::test_router()));
+        TestServer {
+            addr,
+            shutdown,
+            stats,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Triggers shutdown and waits for the report.
+    pub fn stop(mut self) -> Report {
+        self.shutdown.trigger();
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("serve thread").expect("serve result")
+    }
+
+    pub fn total(&self, f: impl Fn(&CoreStats) -> u64) -> u64 {
+        self.stats.iter().map(|s| f(s)).sum()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.shutdown.trigger();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A blocking HTTP/1.1 client over one connection.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    pub fn get(&mut self, path: &str) -> Parsed {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        self.read_response().expect("response")
+    }
+
+    /// Reads one response (Content-Length framed; no body for 204/304).
+    pub fn read_response(&mut self) -> io::Result<Parsed> {
+        self.read_response_to(false)
+    }
+
+    /// Reads one response to a HEAD request.
+    pub fn read_head_response(&mut self) -> io::Result<Parsed> {
+        self.read_response_to(true)
+    }
+
+    fn read_response_to(&mut self, head: bool) -> io::Result<Parsed> {
+        loop {
+            if let Some((parsed, used)) = try_parse(&self.buf, head)? {
+                self.buf.drain(..used);
+                if (100..200).contains(&parsed.status) {
+                    continue;
+                }
+                return Ok(parsed);
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("eof after {} bytes", self.buf.len()),
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// True if the server closed the connection (EOF or reset) within `wait`.
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut byte = [0u8; 4096];
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.stream.read(&mut byte) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+        }
+    }
+}
+
+fn try_parse(buf: &[u8], head_only: bool) -> io::Result<Option<(Parsed, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut res = httparse::Response::new(&mut headers);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+    };
+    let status = res.code.unwrap_or(0);
+    let headers: Vec<(String, String)> = res
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let mut parsed = Parsed {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let body_len = if head_only || (100..200).contains(&status) || status == 204 || status == 304 {
+        0
+    } else {
+        parsed
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Content-Length"))?
+    };
+    if buf.len() < len + body_len {
+        return Ok(None);
+    }
+    parsed.body = buf[len..len + body_len].to_vec();
+    Ok(Some((parsed, len + body_len)))
+}
+
+/// Polls `cond` until true or `wait` passes.
+pub fn eventually(wait: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
