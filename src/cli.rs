@@ -26,8 +26,8 @@ pub struct Args {
     #[arg(long)]
     workers: Option<usize>,
     /// CPUs to run on, e.g. 0,2-3 (default: the affinity mask).
-    #[arg(long, value_parser = topology::parse_cpu_list)]
-    cpus: Option<Vec<usize>>,
+    #[arg(long, value_parser = parse_cpus)]
+    cpus: Option<CpuList>,
     /// Do not pin workers to CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -78,6 +78,14 @@ pub struct Args {
     log_level: LogLevel,
 }
 
+/// A parsed `--cpus` list. A newtype, so clap sees one value, not many.
+#[derive(Clone, Debug)]
+struct CpuList(Vec<usize>);
+
+fn parse_cpus(text: &str) -> Result<CpuList, String> {
+    topology::parse_cpu_list(text).map(CpuList)
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BackendArg {
     Auto,
@@ -104,7 +112,7 @@ impl Args {
             bind: self.bind,
             port: self.port,
             workers: self.workers,
-            cpus: self.cpus.clone(),
+            cpus: self.cpus.as_ref().map(|c| c.0.clone()),
             pin: !self.no_pin,
             backlog: self.backlog,
             max_conns: self.max_conns,

@@ -19,8 +19,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_coreloop");
 /// Starts the binary on an ephemeral port and returns it with its address,
 /// read from the startup lines; the rest of stderr goes to the channel.
 fn start(args: &[&str]) -> (Child, SocketAddr, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["--port", "0", "--no-pin", "--workers", "2"])
+    let mut command = Command::new(BIN);
+    command.args(["--workers", "2"]);
+    start_with(command, args)
+}
+
+fn start_with(mut command: Command, args: &[&str]) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    let mut child = command
+        .args(["--port", "0", "--no-pin"])
         .args(args)
         .stderr(Stdio::piped())
         .spawn()
@@ -34,7 +40,7 @@ fn start(args: &[&str]) -> (Child, SocketAddr, mpsc::Receiver<String>) {
     });
     let mut listening = 0;
     let mut addr = None;
-    while listening < 2 {
+    while listening == 0 {
         let line = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("startup line");
@@ -178,5 +184,52 @@ fn port_in_use_is_a_clear_error() {
     assert!(
         stderr.contains("cannot listen on 127.0.0.1:") && stderr.contains("in use"),
         "{stderr}"
+    );
+}
+
+/// With only 40 descriptors, accept fails with EMFILE: the server logs it
+/// once, keeps serving the connections it has, and accepts again once
+/// descriptors free up. (prlimit, from util-linux, sets the hard limit, so
+/// the server's raise to the hard limit cannot lift it.)
+#[test]
+fn out_of_descriptors_backs_off_and_recovers() {
+    let mut command = Command::new("prlimit");
+    command.args(["--nofile=40:40", BIN, "--workers", "1"]);
+    let (mut child, addr, rx) = start_with(command, &["--log-level", "debug"]);
+    let mut clients: Vec<Client> = (0..60).map(|_| Client::connect(addr)).collect();
+    let mut served = 0;
+    for c in clients.iter_mut().take(20) {
+        assert_eq!(c.get("/plaintext").status, 200);
+        served += 1;
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        clients[0].get("/healthz").status,
+        200,
+        "established connections keep working"
+    );
+    drop(clients.drain(..20));
+    // The remaining 40 were waiting in the backlog; with descriptors freed
+    // the server accepts them in turn (each one closed frees the next).
+    for mut c in clients.drain(..) {
+        c.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            c.read_response().expect("served after recovery").status,
+            200
+        );
+        served += 1;
+    }
+    assert_eq!(served, 60);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+    let log: Vec<String> = rx.try_iter().collect();
+    let warned = log
+        .iter()
+        .filter(|l| l.contains("out of file descriptors"))
+        .count();
+    assert!(warned >= 1, "logged: {log:?}");
+    assert!(
+        warned <= 3,
+        "logged once per episode, not per retry: {warned}"
     );
 }

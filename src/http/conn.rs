@@ -93,6 +93,9 @@ pub struct Conn {
     chunked: Chunked,
     decoded: Vec<u8>,
     draining: bool,
+    /// Bytes were dropped or may still come after the close decision:
+    /// the backend must drain them before closing (see `lingers`).
+    linger: bool,
     max_pending: usize,
     deadlines: [Option<Instant>; 4],
 }
@@ -111,6 +114,7 @@ impl Conn {
             chunked: Chunked::default(),
             decoded: Vec::new(),
             draining: false,
+            linger: false,
             max_pending: limits.max_pending_output,
             deadlines: [None; 4],
         };
@@ -124,6 +128,7 @@ impl Conn {
     pub fn handle_input<H: Handler + ?Sized>(&mut self, data: &[u8], ctx: &mut Ctx<'_, H>) {
         ctx.stats.bytes_in.add(data.len() as u64);
         if matches!(self.phase, Phase::Closing | Phase::Closed) {
+            self.linger |= !data.is_empty();
             return;
         }
         if self.input.is_empty() {
@@ -155,6 +160,7 @@ impl Conn {
         if self.phase != Phase::Closed {
             self.phase = Phase::Closing;
         }
+        self.linger = false;
     }
 
     /// Fires every deadline at or before `now`. Early calls do nothing.
@@ -232,12 +238,14 @@ impl Conn {
         }
     }
 
-    /// Whether closing is graceful: the backend should shut down its write
-    /// side and drain the peer's remaining bytes before closing, so the
-    /// last response is not destroyed by a reset. False for aborts (write
-    /// stall, idle timeout), where there is nothing left to protect.
+    /// Whether the backend should shut down its write side and drain what
+    /// the peer still sends before closing: true when request bytes were
+    /// dropped (a rejection, requests pipelined after a close), since
+    /// closing a socket with unread input resets the connection and can
+    /// destroy the last response. False after a clean exchange, after the
+    /// peer's EOF, and for aborts (write stall, idle timeout).
     pub fn lingers(&self) -> bool {
-        self.phase == Phase::Closing
+        self.phase == Phase::Closing && self.linger
     }
 
     /// Whether the connection has decided to close (possibly after sending).
@@ -273,7 +281,10 @@ impl Conn {
                 Phase::Head => self.read_head(req, ctx),
                 Phase::Length(n) => Ok(self.read_length_body(req, n, ctx)),
                 Phase::Chunked => self.read_chunked_body(req, ctx),
-                Phase::Closing | Phase::Closed => return buf.len(),
+                Phase::Closing | Phase::Closed => {
+                    self.linger |= pos < buf.len();
+                    return buf.len();
+                }
             };
             match step {
                 Ok(Some(used)) => pos += used,
@@ -411,6 +422,7 @@ impl Conn {
             false,
         );
         self.phase = Phase::Closing;
+        self.linger = true;
         self.next_request();
     }
 

@@ -259,10 +259,8 @@ impl<H: Handler> Loop<H> {
         self.paused = why;
     }
 
+    /// Registers an accepted connection (TCP_NODELAY came from the listener).
     fn add(&mut self, mut stream: TcpStream) {
-        if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("core {}: TCP_NODELAY: {e}", self.id);
-        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(

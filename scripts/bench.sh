@@ -1,0 +1,586 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: coreloop against nginx, same machine, same run.
+#
+#   scripts/bench.sh                                  # DURATION=10s REPEAT=3 BACKENDS=epoll
+#   DURATION=5s REPEAT=1 scripts/bench.sh             # quick check
+#   BACKENDS="epoll uring" scripts/bench.sh           # once the io_uring loop exists
+#
+# Every server runs one worker pinned to SERVER_CPU (default 0); wrk runs one
+# thread pinned to CLIENT_CPU (default 1). Workloads, all GET /plaintext:
+#   keepalive  wrk -c64, keep-alive
+#   pipeline   wrk -c64 with scripts/pipeline.lua (16 requests per write)
+#   c1000      wrk -c1000, keep-alive
+#   close      wrk -c64 with "Connection: close" (a new connection per request)
+# For each (workload, server) the script records req/s, p50/p99 latency and
+# the server's CPU time (utime+stime from /proc/PID/stat) per completed
+# request, repeats everything REPEAT times (interleaving servers) and reports
+# medians. Then it starts each server fresh, opens IDLE_CONNS idle keep-alive
+# connections (scripts/idle_conns.py) and reports the RSS growth per
+# connection. The markdown report goes to stdout (and RAW_DIR/report.md);
+# progress goes to stderr; raw wrk output and server logs stay in RAW_DIR.
+#
+# Environment:
+#   DURATION     wrk duration per measurement          (default 10s)
+#   REPEAT       measurements per (workload, server)   (default 3; medians reported)
+#   BACKENDS     coreloop --backend values, space-separated (default "epoll")
+#   WORKLOADS    subset of "keepalive pipeline c1000 close" (default: all)
+#   BASE_PORT    first port; servers use BASE_PORT, BASE_PORT+1, ... (default 18080)
+#   IDLE_CONNS   idle connections for the RSS test      (default 10000; 0 skips it)
+#   SERVER_CPU   CPU for the servers                    (default 0)
+#   CLIENT_CPU   CPU for wrk                            (default 1)
+#   RAW_DIR      where raw output goes  (default target/bench-e2e/<timestamp>)
+#   SKIP_BUILD=1 do not run cargo build --release
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+REPEAT=${REPEAT:-3}
+BACKENDS=${BACKENDS:-epoll}
+WORKLOADS=${WORKLOADS:-keepalive pipeline c1000 close}
+BASE_PORT=${BASE_PORT:-18080}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+SKIP_BUILD=${SKIP_BUILD:-0}
+PIPELINE_DEPTH=16
+MAX_CONNS=20000
+PATH_PLAINTEXT=/plaintext
+
+CMDLINE="DURATION=$DURATION REPEAT=$REPEAT BACKENDS='$BACKENDS' $0${*:+ $*}"
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RAW_DIR=${RAW_DIR:-$ROOT/target/bench-e2e/$STAMP}
+mkdir -p "$RAW_DIR"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/coreloop-bench.XXXXXX")
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- cleanup ---
+
+SERVER_PIDS=()   # every server process we started (coreloop, nginx master)
+EXTRA_PIDS=()    # nginx workers (in case the master dies first), idle client
+
+kill_pid() {     # kill_pid PID: SIGTERM, wait up to 10 s, then SIGKILL
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    log "pid $pid ignored SIGTERM for 10 s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local status=$? pid
+    trap - EXIT INT TERM
+    for pid in "${EXTRA_PIDS[@]}" "${SERVER_PIDS[@]}"; do
+        kill_pid "$pid"
+    done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------ environment ---
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then SUDO=(sudo); fi
+
+NGINX=$(command -v nginx || true)
+[[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
+if [[ -z $NGINX ]] || ! command -v wrk >/dev/null; then
+    log "installing nginx-light and wrk"
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq nginx-light wrk >&2
+    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+fi
+for tool in wrk taskset python3 curl getconf; do
+    command -v "$tool" >/dev/null || die "$tool is required"
+done
+[[ -x $NGINX ]] || die "nginx not found after install"
+
+# The package's postinst may have started a system nginx; it does not matter
+# (it listens on :80, we use BASE_PORT...), but it must not share our CPU.
+if pgrep -x nginx >/dev/null 2>&1; then
+    log "warning: an nginx we did not start is running (pids: $(pgrep -x nginx | tr '\n' ' '))"
+fi
+
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "cargo build --release"
+    cargo build --release >&2
+fi
+[[ -x $ROOT/target/release/coreloop ]] || die "target/release/coreloop missing"
+# Run a private copy: a concurrent cargo build must not swap the binary mid-run.
+COREL="$TMP/coreloop"
+cp "$ROOT/target/release/coreloop" "$COREL"
+COREL_SHA=$(sha256sum "$COREL" | cut -c1-12)
+
+CLK_TCK=$(getconf CLK_TCK)
+NPROC=$(nproc)
+((NPROC >= 2)) || log "warning: only $NPROC CPU(s); server and wrk will share a core"
+
+# ---------------------------------------------------------------- helpers ---
+
+# Sum of utime+stime (clock ticks) of the given pids. /proc/PID/stat at the
+# process level covers all threads. Field 2 (comm) may hold spaces, so cut at
+# the last ')': utime and stime are then fields 12 and 13.
+cpu_ticks() {
+    local pid total=0 rest
+    for pid in "$@"; do
+        rest=$(sed 's/^.*) //' "/proc/$pid/stat")
+        total=$((total + $(awk '{print $12 + $13}' <<<"$rest")))
+    done
+    echo "$total"
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+wait_ready() {   # wait_ready PORT PID NAME: until GET /plaintext answers 200
+    local port=$1 pid=$2 name=$3 i
+    for ((i = 0; i < 100; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$name (pid $pid) exited during startup; see $RAW_DIR"
+            return 1
+        fi
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port$PATH_PLAINTEXT" || true) == 200 ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "$name did not answer on port $port within 10 s"
+}
+
+# Globals set by start_server: SPID (pid to signal), MPIDS (pids whose CPU
+# time counts), WPID (pid whose RSS counts: the process holding connections).
+# --cpus is passed while it works. Some coreloop builds panic while parsing it
+# (clap: "Mismatch between definition and access of `cpus`"); then the script
+# says so and drops the flag: taskset already restricts the affinity mask to
+# SERVER_CPU, and coreloop pins its one worker within that mask.
+COREL_CPUS=1
+start_coreloop() {   # start_coreloop BACKEND PORT LOGFILE
+    local backend=$1 port=$2 logf=$3
+    local -a cpus_flag=()
+    ((COREL_CPUS)) && cpus_flag=(--cpus "$SERVER_CPU")
+    taskset -c "$SERVER_CPU" "$COREL" --workers 1 "${cpus_flag[@]}" --port "$port" \
+        --backend "$backend" --log-level warn --max-conns "$MAX_CONNS" \
+        --idle-timeout 120s >>"$logf" 2>&1 &
+    SPID=$!
+    SERVER_PIDS+=("$SPID")
+    if ! wait_ready "$port" "$SPID" "coreloop ($backend)"; then
+        wait "$SPID" 2>/dev/null || true
+        if ((COREL_CPUS)) && grep -q 'access of .cpus.' "$logf"; then
+            PROBLEMS+=("coreloop panics parsing \`--cpus $SERVER_CPU\` (clap: \"$(grep -m1 -o 'Mismatch between definition and access of .cpus.' "$logf")\"); ran it without --cpus, pinned by \`taskset -c $SERVER_CPU\` only. Panic in $logf")
+            COREL_CPUS=0
+            start_coreloop "$@"
+            return
+        fi
+        die "coreloop ($backend) failed to start: $(tail -n 5 "$logf")"
+    fi
+    MPIDS=("$SPID")
+    WPID=$SPID
+}
+
+nginx_conf() {       # nginx_conf DIR PORT: write DIR/nginx.conf
+    local dir=$1 port=$2 mask user_line=""
+    mkdir -p "$dir"
+    # worker_cpu_affinity wants a bit mask, highest CPU first.
+    mask=$(python3 -c "import sys; print(format(1 << int(sys.argv[1]), 'b').zfill(4))" "$SERVER_CPU")
+    if [[ $(id -u) -eq 0 ]]; then
+        # As root the master would switch workers to "nobody"; keep our user.
+        user_line="user $(id -un) $(id -gn);"
+    fi
+    cat >"$dir/nginx.conf" <<EOF
+# Generated by scripts/bench.sh
+$user_line
+worker_processes 1;
+worker_cpu_affinity $mask;
+worker_rlimit_nofile $MAX_CONNS;
+daemon off;
+master_process on;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+
+events {
+    worker_connections $MAX_CONNS;
+    use epoll;
+}
+
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+
+    server {
+        listen 127.0.0.1:$port backlog=1024;
+        location = /plaintext {
+            default_type text/plain;
+            return 200 "Hello, World!";
+        }
+    }
+}
+EOF
+}
+
+start_nginx() {      # start_nginx PORT LOGFILE
+    local port=$1 logf=$2 dir i kids=""
+    dir="$TMP/nginx-$port-$RANDOM"
+    nginx_conf "$dir" "$port"
+    cp "$dir/nginx.conf" "$RAW_DIR/nginx.conf"
+    taskset -c "$SERVER_CPU" "$NGINX" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" \
+        >>"$logf" 2>&1 &
+    SPID=$!
+    SERVER_PIDS+=("$SPID")
+    wait_ready "$port" "$SPID" nginx || die "nginx failed to start: $(tail -n 5 "$logf" "$dir/error.log" 2>/dev/null)"
+    for ((i = 0; i < 50; i++)); do
+        kids=$(cat "/proc/$SPID/task/$SPID/children" 2>/dev/null || pgrep -P "$SPID" || true)
+        [[ -n ${kids// /} ]] && break
+        sleep 0.1
+    done
+    read -r -a kids_arr <<<"$kids"
+    ((${#kids_arr[@]} >= 1)) || die "nginx worker not found"
+    EXTRA_PIDS+=("${kids_arr[@]}")
+    MPIDS=("$SPID" "${kids_arr[@]}")
+    WPID=${kids_arr[0]}
+    NGINX_DIRS[$SPID]=$dir
+}
+
+stop_server() {      # stop_server PID NAME: SIGTERM, wait, report exit status
+    local pid=$1 name=$2 status=0
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || status=$?
+    log "$name (pid $pid) exited with status $status after SIGTERM"
+    STOPS=$((STOPS + 1))
+    ((status == 0)) || EXIT_NOTES+=("$name exited with status $status after SIGTERM")
+    if [[ -n ${NGINX_DIRS[$pid]:-} && -s ${NGINX_DIRS[$pid]}/error.log ]]; then
+        cat "${NGINX_DIRS[$pid]}/error.log" >>"$RAW_DIR/nginx-error.log"
+    fi
+    local p keep=()
+    for p in "${SERVER_PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    SERVER_PIDS=("${keep[@]}")
+}
+
+# wrk latency "1.23ms" / "456.78us" / "1.02s" / "2.00m" -> microseconds
+to_us() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") m = 1; else if (u == "ms") m = 1000;
+        else if (u == "s") m = 1000000; else if (u == "m") m = 60000000;
+        else if (u == "h") m = 3600000000; else m = -1
+        if (m < 0) print "nan"; else printf "%.1f\n", n * m }'
+}
+
+median() {           # median N1 N2 ...
+    printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {
+        if (NR == 0) { print "nan"; exit }
+        if (NR % 2) print a[(NR + 1) / 2]; else printf "%.6g\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+wrk_args() {         # wrk_args WORKLOAD URL -> one argument per line
+    local wl=$1 url=$2
+    case $wl in
+        keepalive) printf '%s\n' -t1 -c64 "-d$DURATION" --latency "$url" ;;
+        pipeline) printf '%s\n' -t1 -c64 "-d$DURATION" --latency -s "$ROOT/scripts/pipeline.lua" "$url" -- "$PIPELINE_DEPTH" ;;
+        c1000) printf '%s\n' -t1 -c1000 "-d$DURATION" --latency "$url" ;;
+        close) printf '%s\n' -t1 -c64 "-d$DURATION" --latency -H "Connection: close" "$url" ;;
+        *) die "unknown workload $wl" ;;
+    esac
+}
+
+conns_of() {
+    case $1 in c1000) echo 1000 ;; *) echo 64 ;; esac
+}
+
+declare -A RPS P50 P99 CPU REQS PORT_OF LABEL DEAD NGINX_DIRS
+PROBLEMS=()
+EXIT_NOTES=()
+STOPS=0
+
+# run_one WORKLOAD SERVER REP: one wrk measurement against a running server.
+run_one() {
+    local wl=$1 srv=$2 rep=$3 port=${PORT_OF[$2]} url out t0 t1 reqs rps p50 p99 cpu
+    local -a args pids
+    url="http://127.0.0.1:$port$PATH_PLAINTEXT"
+    mapfile -t args < <(wrk_args "$wl" "$url")
+    read -r -a pids <<<"${SRV_MPIDS[$srv]}"
+    out="$RAW_DIR/wrk-$wl-$srv-$rep.txt"
+    printf '# taskset -c %s wrk %s\n' "$CLIENT_CPU" "${args[*]@Q}" >"$out"
+    t0=$(cpu_ticks "${pids[@]}")
+    taskset -c "$CLIENT_CPU" wrk "${args[@]}" >>"$out" 2>&1 || PROBLEMS+=("$wl/$srv rep $rep: wrk exited non-zero; see $out")
+    if ! kill -0 "${pids[0]}" 2>/dev/null; then
+        PROBLEMS+=("$wl/$srv rep $rep: SERVER DIED during the run; wrk output in $out, server log in $RAW_DIR/$srv.log")
+        DEAD[$srv]=1
+        return 0
+    fi
+    t1=$(cpu_ticks "${pids[@]}")
+    reqs=$(awk '/ requests in / {print $1; exit}' "$out")
+    rps=$(awk '/^Requests\/sec:/ {print $2; exit}' "$out")
+    p50=$(to_us "$(awk '$1 == "50%" {print $2; exit}' "$out")")
+    p99=$(to_us "$(awk '$1 == "99%" {print $2; exit}' "$out")")
+    if [[ -z $reqs || -z $rps || $reqs == 0 ]]; then
+        PROBLEMS+=("$wl/$srv rep $rep: no requests completed; see $out")
+        return 0
+    fi
+    if grep -qE '^ *(Socket errors|Non-2xx)' "$out"; then
+        PROBLEMS+=("$wl/$srv rep $rep: $(grep -E '^ *(Socket errors|Non-2xx)' "$out" | sed 's/^ *//' | paste -sd ';' -) ($reqs requests; $out)")
+    fi
+    cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN {printf "%.4f", d * 1e6 / hz / n}')
+    RPS[$wl|$srv]+="$rps "
+    P50[$wl|$srv]+="$p50 "
+    P99[$wl|$srv]+="$p99 "
+    CPU[$wl|$srv]+="$cpu "
+    REQS[$wl|$srv]+="$reqs "
+    log "$wl $srv rep $rep: $rps req/s, p50 ${p50}us, p99 ${p99}us, CPU ${cpu}us/req ($((t1 - t0)) ticks, $reqs requests)"
+}
+
+fmt_lat() {          # microseconds -> "123 us" / "1.23 ms"
+    awk -v v="$1" 'BEGIN { if (v == "nan" || v == "") print "n/a";
+        else if (v < 1000) printf "%.0f us\n", v; else printf "%.2f ms\n", v / 1000 }'
+}
+
+# ---------------------------------------------------------------- servers ---
+
+SERVERS=(nginx)
+for b in $BACKENDS; do SERVERS+=("coreloop-$b"); done
+declare -A SRV_MPIDS SRV_SPID
+port=$BASE_PORT
+for srv in "${SERVERS[@]}"; do
+    PORT_OF[$srv]=$port
+    port=$((port + 1))
+    case $srv in
+        nginx) LABEL[$srv]="nginx $("$NGINX" -v 2>&1 | sed 's|.*nginx/||')" ;;
+        coreloop-*) LABEL[$srv]="coreloop (${srv#coreloop-})" ;;
+    esac
+done
+
+start_server() {     # start_server SERVER: start and fill SRV_* globals
+    local srv=$1 logf="$RAW_DIR/$1.log"
+    case $srv in
+        nginx) start_nginx "${PORT_OF[$srv]}" "$logf" ;;
+        coreloop-*) start_coreloop "${srv#coreloop-}" "${PORT_OF[$srv]}" "$logf" ;;
+    esac
+    SRV_SPID[$srv]=$SPID
+    SRV_MPIDS[$srv]="${MPIDS[*]}"
+    SRV_WPID=$WPID
+}
+
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=""
+if [[ -n $(git -C "$ROOT" --no-optional-locks status --porcelain 2>/dev/null || true) ]]; then DIRTY="+dirty"; fi
+log "raw output: $RAW_DIR"
+
+# ------------------------------------------------------------- throughput ---
+
+for srv in "${SERVERS[@]}"; do
+    start_server "$srv"
+    log "started ${LABEL[$srv]} on port ${PORT_OF[$srv]} (pids ${SRV_MPIDS[$srv]})"
+done
+
+# Same response? Record the wire size of each server's response.
+RESP_NOTES=()
+for srv in "${SERVERS[@]}"; do
+    bytes=$(curl -s -D "$RAW_DIR/headers-$srv.txt" -o /dev/null -w '%{size_header}+%{size_download}' \
+        "http://127.0.0.1:${PORT_OF[$srv]}$PATH_PLAINTEXT")
+    RESP_NOTES+=("${LABEL[$srv]}: $bytes bytes (head+body)")
+done
+
+log "warm-up: 2 s keep-alive per server"
+for srv in "${SERVERS[@]}"; do
+    taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d2s "http://127.0.0.1:${PORT_OF[$srv]}$PATH_PLAINTEXT" >/dev/null 2>&1 || true
+done
+
+for ((rep = 1; rep <= REPEAT; rep++)); do
+    # Alternate the server order between repetitions.
+    order=("${SERVERS[@]}")
+    if ((rep % 2 == 0)); then
+        order=()
+        for ((i = ${#SERVERS[@]} - 1; i >= 0; i--)); do order+=("${SERVERS[i]}"); done
+    fi
+    for wl in $WORKLOADS; do
+        for srv in "${order[@]}"; do
+            [[ -n ${DEAD[$srv]:-} ]] && continue
+            sleep 1
+            run_one "$wl" "$srv" "$rep"
+        done
+    done
+done
+
+for srv in "${SERVERS[@]}"; do
+    [[ -n ${DEAD[$srv]:-} ]] && continue
+    stop_server "${SRV_SPID[$srv]}" "${LABEL[$srv]}"
+done
+
+# -------------------------------------------------------------------- RSS ---
+
+declare -A RSS_BEFORE RSS_AFTER RSS_PER
+# measure_rss SERVER: fresh server, IDLE_CONNS idle connections, RSS growth.
+measure_rss() {
+    local srv=$1 before after line idle_pid idle_out idle_in per
+    start_server "$srv"
+    sleep 0.5
+    before=$(rss_kib "$SRV_WPID")
+    log "RSS ${LABEL[$srv]}: $before KiB fresh; opening $IDLE_CONNS idle connections"
+    coproc IDLE { exec python3 "$ROOT/scripts/idle_conns.py" --port "${PORT_OF[$srv]}" --count "$IDLE_CONNS" 2>>"$RAW_DIR/idle-$srv.log"; }
+    # shellcheck disable=SC2153 # IDLE_PID is set by coproc
+    idle_pid=$IDLE_PID
+    idle_out=${IDLE[0]}
+    idle_in=${IDLE[1]}
+    EXTRA_PIDS+=("$idle_pid")
+    line=""
+    read -r -t 300 -u "$idle_out" line || true
+    if [[ $line != ready ]]; then
+        PROBLEMS+=("RSS/${LABEL[$srv]}: idle client did not get ready: $(tail -n 3 "$RAW_DIR/idle-$srv.log" | paste -sd ';' -)")
+        kill_pid "$idle_pid"
+        wait "$idle_pid" 2>/dev/null || true
+    else
+        sleep 1
+        if kill -0 "$SRV_WPID" 2>/dev/null; then
+            after=$(rss_kib "$SRV_WPID")
+            per=$(awk -v a="$after" -v b="$before" -v n="$IDLE_CONNS" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')
+            RSS_BEFORE[$srv]+="$before "
+            RSS_AFTER[$srv]+="$after "
+            RSS_PER[$srv]+="$per "
+            log "RSS ${LABEL[$srv]}: $after KiB with $IDLE_CONNS idle connections -> $per B/conn"
+        else
+            PROBLEMS+=("RSS/${LABEL[$srv]}: server died while $IDLE_CONNS connections were open; see $RAW_DIR/$srv.log")
+        fi
+        exec {idle_in}>&-
+        wait "$idle_pid" 2>/dev/null || true
+    fi
+    if kill -0 "${SRV_SPID[$srv]}" 2>/dev/null; then
+        stop_server "${SRV_SPID[$srv]}" "${LABEL[$srv]} (RSS run)"
+    fi
+}
+
+if ((IDLE_CONNS > 0)); then
+    for ((rep = 1; rep <= REPEAT; rep++)); do
+        for srv in "${SERVERS[@]}"; do
+            [[ -n ${DEAD[$srv]:-} ]] && continue
+            sleep 1
+            measure_rss "$srv"
+        done
+    done
+fi
+
+# ----------------------------------------------------------------- report ---
+
+wl_name() {
+    case $1 in
+        keepalive) echo "keep-alive, -c64" ;;
+        pipeline) echo "pipelined x$PIPELINE_DEPTH, -c64" ;;
+        c1000) echo "keep-alive, -c1000" ;;
+        close) echo "new connection per request, -c64" ;;
+    esac
+}
+
+report() {
+    echo "### Run $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "Command: \`$CMDLINE\`"
+    echo
+    echo "- Machine: $NPROC CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), kernel $(uname -r); coreloop $COMMIT$DIRTY (binary sha256 $COREL_SHA)"
+    echo "- Servers: one worker pinned to CPU $SERVER_CPU; \`taskset -c $SERVER_CPU target/release/coreloop --workers 1 $( ((COREL_CPUS)) && echo "--cpus $SERVER_CPU ")--port P --backend B --log-level warn --max-conns $MAX_CONNS --idle-timeout 120s\`; ${LABEL[nginx]} (Debian nginx-light) with worker_processes 1, worker_cpu_affinity, access_log off, keepalive_requests 10000000, worker_connections $MAX_CONNS (config generated by the script)"
+    echo "- Client: \`taskset -c $CLIENT_CPU wrk -t1 -cC -d$DURATION --latency http://127.0.0.1:P/plaintext\` (+ \`-s scripts/pipeline.lua -- $PIPELINE_DEPTH\` / \`-H 'Connection: close'\`); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)"
+    local joined
+    joined=$(IFS=';'; echo "${RESP_NOTES[*]}")
+    echo "- Response sizes: ${joined//;/; }"
+    echo "- Medians of $REPEAT run(s) of $DURATION each. CPU us/req = server utime+stime delta (/proc/PID/stat; nginx: master+worker) / requests completed. Ratio = coreloop CPU us/req / nginx CPU us/req (lower is better)."
+    echo
+    echo "| workload | server | req/s | p50 | p99 | CPU us/req | ratio to nginx |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
+    local wl srv key rps p50 p99 cpu ncpu ratio c
+    for wl in $WORKLOADS; do
+        ncpu=""
+        [[ -n ${CPU[$wl|nginx]:-} ]] && { read -r -a v <<<"${CPU[$wl|nginx]}"; ncpu=$(median "${v[@]}"); }
+        for srv in "${SERVERS[@]}"; do
+            key="$wl|$srv"
+            if [[ -z ${RPS[$key]:-} ]]; then
+                echo "| $(wl_name "$wl") | ${LABEL[$srv]} | failed | | | | |"
+                continue
+            fi
+            read -r -a v <<<"${RPS[$key]}"; rps=$(median "${v[@]}")
+            read -r -a v <<<"${P50[$key]}"; p50=$(median "${v[@]}")
+            read -r -a v <<<"${P99[$key]}"; p99=$(median "${v[@]}")
+            read -r -a v <<<"${CPU[$key]}"; cpu=$(median "${v[@]}")
+            if [[ $wl == pipeline ]]; then
+                c=$(conns_of "$wl")
+                p50="$(fmt_lat "$(awk -v c="$c" -v d="$PIPELINE_DEPTH" -v r="$rps" 'BEGIN {printf "%.1f", c * d / r * 1e6}')") mean batch*"
+                p99="n/a*"
+            else
+                p50=$(fmt_lat "$p50")
+                p99=$(fmt_lat "$p99")
+            fi
+            if [[ $srv == nginx ]]; then
+                ratio="1.00"
+            elif [[ -n $ncpu ]]; then
+                ratio=$(awk -v a="$cpu" -v b="$ncpu" 'BEGIN {printf "%.2fx", a / b}')
+            else
+                ratio="n/a"
+            fi
+            printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$(wl_name "$wl")" "${LABEL[$srv]}" \
+                "$(awk -v r="$rps" 'BEGIN {printf "%.0f", r}')" "$p50" "$p99" \
+                "$(awk -v c="$cpu" 'BEGIN {printf "%.2f", c}')" "$ratio"
+        done
+    done
+    echo
+    if [[ " $WORKLOADS " == *" pipeline "* ]]; then
+        echo "\\* wrk 4.1's latency percentiles are wrong under pipelining (it times a whole batch from its write), so the pipelined row shows the mean batch latency from Little's law, connections x $PIPELINE_DEPTH / req/s, and no p99."
+        echo
+    fi
+    if ((IDLE_CONNS > 0)); then
+        echo "RSS per idle keep-alive connection ($REPEAT run(s), each on a fresh server: $IDLE_CONNS connections each served one GET /plaintext, then held open; VmRSS of the process holding the connections, nginx: the worker):"
+        echo
+        for srv in "${SERVERS[@]}"; do
+            if [[ -n ${RSS_PER[$srv]:-} ]]; then
+                read -r -a v <<<"${RSS_PER[$srv]}"
+                local per_med b_med a_med
+                per_med=$(median "${v[@]}")
+                read -r -a v <<<"${RSS_BEFORE[$srv]}"; b_med=$(median "${v[@]}")
+                read -r -a v <<<"${RSS_AFTER[$srv]}"; a_med=$(median "${v[@]}")
+                echo "- ${LABEL[$srv]}: $(awk -v x="$per_med" 'BEGIN {printf "%.0f", x}') bytes/connection (median; runs: ${RSS_PER[$srv]% }; VmRSS $b_med KiB fresh -> $a_med KiB, medians)"
+            else
+                echo "- ${LABEL[$srv]}: not measured (see problems)"
+            fi
+        done
+        echo
+    fi
+    if ((${#EXIT_NOTES[@]})); then
+        joined=$(IFS=';'; echo "${EXIT_NOTES[*]}")
+        echo "Shutdown: ${joined//;/; }."
+    else
+        echo "Shutdown: all $STOPS server stops (SIGTERM) exited with status 0."
+    fi
+    echo
+    if ((${#PROBLEMS[@]})); then
+        echo "Problems seen:"
+        echo
+        local p
+        for p in "${PROBLEMS[@]}"; do echo "- $p"; done
+        echo
+    fi
+    local f
+    for f in "$RAW_DIR"/*.log; do
+        [[ -s $f ]] || continue
+        case $f in */idle-*) continue ;; esac
+        echo "Server output in $(basename "$f") (distinct lines, last 20):"
+        echo
+        echo '```'
+        awk '!seen[$0]++' "$f" | tail -n 20
+        echo '```'
+        echo
+    done
+    echo "Raw wrk output: $RAW_DIR"
+}
+
+report | tee "$RAW_DIR/report.md"
