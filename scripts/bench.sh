@@ -16,7 +16,13 @@
 # request, repeats everything REPEAT times (interleaving servers) and reports
 # medians. Then it starts each server fresh, opens IDLE_CONNS idle keep-alive
 # connections (scripts/idle_conns.py) and reports the RSS growth per
-# connection. The markdown report goes to stdout (and RAW_DIR/report.md);
+# connection. Last, it starts each server fresh once more, attaches
+# `strace -c -f` to it and sends a fixed number of requests with
+# scripts/fixed_load.py (keep-alive, pipelined, connection per request; 64
+# connections), and reports syscalls per request, with a per-syscall
+# breakdown for the connection-per-request workload. Attaching to the running
+# server (-p) leaves startup, the readiness probe and shutdown out of the
+# count. The markdown report goes to stdout (and RAW_DIR/report.md);
 # progress goes to stderr; raw wrk output and server logs stay in RAW_DIR.
 #
 # Environment:
@@ -26,10 +32,23 @@
 #   WORKLOADS    subset of "keepalive pipeline c1000 close" (default: all)
 #   BASE_PORT    first port; servers use BASE_PORT, BASE_PORT+1, ... (default 18080)
 #   IDLE_CONNS   idle connections for the RSS test      (default 10000; 0 skips it)
+#   SYSCALLS     1: measure syscalls per request with strace; 0 skips it (default 1)
+#   SYSCALL_REQS requests per traced keep-alive / pipelined run (default 20000)
+#   SYSCALL_CLOSE_REQS requests (= connections) per traced close run (default 5000)
+#   QUIET_PCT    before each measurement, wait until the whole machine is
+#                below this % of one CPU busy over 1 s   (default 10)
+#   QUIET_WAIT   ... for at most this many seconds, then go on (default 600)
+#   FOREIGN_MAX  a measurement during which processes other than the server
+#                and wrk used more than this % of one CPU is discarded and
+#                repeated, up to ATTEMPTS times in all   (default 10)
+#   ATTEMPTS     (default 4); the last attempt is kept and flagged
 #   SERVER_CPU   CPU for the servers                    (default 0)
 #   CLIENT_CPU   CPU for wrk                            (default 1)
 #   RAW_DIR      where raw output goes  (default target/bench-e2e/<timestamp>)
 #   SKIP_BUILD=1 do not run cargo build --release
+#   BENCH_REV    a commit (e.g. HEAD) to benchmark instead of the work tree:
+#                its `git archive` is built in target/bench-rev (read-only for
+#                the repository; uncommitted changes are left out)
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -39,13 +58,22 @@ WORKLOADS=${WORKLOADS:-keepalive pipeline c1000 close}
 BASE_PORT=${BASE_PORT:-18080}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 SERVER_CPU=${SERVER_CPU:-0}
+QUIET_PCT=${QUIET_PCT:-10}
+QUIET_WAIT=${QUIET_WAIT:-600}
+FOREIGN_MAX=${FOREIGN_MAX:-10}
+ATTEMPTS=${ATTEMPTS:-4}
 CLIENT_CPU=${CLIENT_CPU:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
+BENCH_REV=${BENCH_REV:-}
+SYSCALLS=${SYSCALLS:-1}
+SYSCALL_REQS=${SYSCALL_REQS:-20000}
+SYSCALL_CLOSE_REQS=${SYSCALL_CLOSE_REQS:-5000}
+SYSCALL_WORKLOADS="keepalive pipeline close"
 PIPELINE_DEPTH=16
 MAX_CONNS=20000
 PATH_PLAINTEXT=/plaintext
 
-CMDLINE="DURATION=$DURATION REPEAT=$REPEAT BACKENDS='$BACKENDS' $0${*:+ $*}"
+CMDLINE="${BENCH_REV:+BENCH_REV=$BENCH_REV }DURATION=$DURATION REPEAT=$REPEAT BACKENDS='$BACKENDS' $0${*:+ $*}"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -105,6 +133,11 @@ for tool in wrk taskset python3 curl getconf; do
     command -v "$tool" >/dev/null || die "$tool is required"
 done
 [[ -x $NGINX ]] || die "nginx not found after install"
+if [[ $SYSCALLS == 1 ]] && ! command -v strace >/dev/null; then
+    log "installing strace"
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq strace >&2 || true
+    command -v strace >/dev/null || die "strace is required (or set SYSCALLS=0)"
+fi
 
 # The package's postinst may have started a system nginx; it does not matter
 # (it listens on :80, we use BASE_PORT...), but it must not share our CPU.
@@ -112,14 +145,33 @@ if pgrep -x nginx >/dev/null 2>&1; then
     log "warning: an nginx we did not start is running (pids: $(pgrep -x nginx | tr '\n' ' '))"
 fi
 
-if [[ $SKIP_BUILD != 1 ]]; then
-    log "cargo build --release"
-    cargo build --release >&2
+if [[ -n $BENCH_REV ]]; then
+    COMMIT=$(git -C "$ROOT" rev-parse --short "$BENCH_REV^{commit}" 2>/dev/null) ||
+        die "BENCH_REV=$BENCH_REV is not a commit"
+    DIRTY=""
+    REV_DIR=$ROOT/target/bench-rev
+    # Same commit -> same file mtimes from git archive -> cargo reuses its build.
+    rm -rf "$REV_DIR/src"
+    mkdir -p "$REV_DIR/src"
+    git -C "$ROOT" archive "$COMMIT" | tar -x -C "$REV_DIR/src"
+    log "cargo build --release of $BENCH_REV ($COMMIT) in $REV_DIR"
+    CARGO_TARGET_DIR="$REV_DIR/target" cargo build --release --locked \
+        --manifest-path "$REV_DIR/src/Cargo.toml" >&2
+    COREL_SRC=$REV_DIR/target/release/coreloop
+else
+    COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    DIRTY=""
+    if [[ -n $(git -C "$ROOT" --no-optional-locks status --porcelain 2>/dev/null || true) ]]; then DIRTY="+dirty"; fi
+    if [[ $SKIP_BUILD != 1 ]]; then
+        log "cargo build --release"
+        cargo build --release >&2
+    fi
+    COREL_SRC=$ROOT/target/release/coreloop
 fi
-[[ -x $ROOT/target/release/coreloop ]] || die "target/release/coreloop missing"
+[[ -x $COREL_SRC ]] || die "$COREL_SRC missing"
 # Run a private copy: a concurrent cargo build must not swap the binary mid-run.
 COREL="$TMP/coreloop"
-cp "$ROOT/target/release/coreloop" "$COREL"
+cp "$COREL_SRC" "$COREL"
 COREL_SHA=$(sha256sum "$COREL" | cut -c1-12)
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -138,6 +190,31 @@ cpu_ticks() {
         total=$((total + $(awk '{print $12 + $13}' <<<"$rest")))
     done
     echo "$total"
+}
+
+# Busy clock ticks of the whole machine: user+nice+system+irq+softirq+steal
+# from the aggregate "cpu" line of /proc/stat.
+busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+
+# wait_quiet: the benchmark shares the machine (builds, tests). Wait until
+# the machine is quiet, at most QUIET_WAIT seconds; then note it and go on.
+wait_quiet() {
+    local b0 b1 pct waited=0
+    while :; do
+        b0=$(busy_ticks)
+        sleep 1
+        b1=$(busy_ticks)
+        pct=$(((b1 - b0) * 100 / CLK_TCK))
+        ((pct <= QUIET_PCT)) && return 0
+        if ((waited % 30 == 0)); then
+            log "machine busy ($pct% of a CPU, not us): $(ps -eo pcpu=,comm= --sort=-pcpu | head -n 3 | awk '{printf "%s %s%%; ", $2, $1}')waiting"
+        fi
+        waited=$((waited + 1))
+        if ((waited >= QUIET_WAIT)); then
+            PROBLEMS+=("machine still busy ($pct% of a CPU) after waiting ${QUIET_WAIT}s; measured anyway")
+            return 0
+        fi
+    done
 }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
@@ -159,28 +236,15 @@ wait_ready() {   # wait_ready PORT PID NAME: until GET /plaintext answers 200
 
 # Globals set by start_server: SPID (pid to signal), MPIDS (pids whose CPU
 # time counts), WPID (pid whose RSS counts: the process holding connections).
-# --cpus is passed while it works. Some coreloop builds panic while parsing it
-# (clap: "Mismatch between definition and access of `cpus`"); then the script
-# says so and drops the flag: taskset already restricts the affinity mask to
-# SERVER_CPU, and coreloop pins its one worker within that mask.
-COREL_CPUS=1
 start_coreloop() {   # start_coreloop BACKEND PORT LOGFILE
     local backend=$1 port=$2 logf=$3
-    local -a cpus_flag=()
-    ((COREL_CPUS)) && cpus_flag=(--cpus "$SERVER_CPU")
-    taskset -c "$SERVER_CPU" "$COREL" --workers 1 "${cpus_flag[@]}" --port "$port" \
+    taskset -c "$SERVER_CPU" "$COREL" --workers 1 --cpus "$SERVER_CPU" --port "$port" \
         --backend "$backend" --log-level warn --max-conns "$MAX_CONNS" \
         --idle-timeout 120s >>"$logf" 2>&1 &
     SPID=$!
     SERVER_PIDS+=("$SPID")
     if ! wait_ready "$port" "$SPID" "coreloop ($backend)"; then
         wait "$SPID" 2>/dev/null || true
-        if ((COREL_CPUS)) && grep -q 'access of .cpus.' "$logf"; then
-            PROBLEMS+=("coreloop panics parsing \`--cpus $SERVER_CPU\` (clap: \"$(grep -m1 -o 'Mismatch between definition and access of .cpus.' "$logf")\"); ran it without --cpus, pinned by \`taskset -c $SERVER_CPU\` only. Panic in $logf")
-            COREL_CPUS=0
-            start_coreloop "$@"
-            return
-        fi
         die "coreloop ($backend) failed to start: $(tail -n 5 "$logf")"
     fi
     MPIDS=("$SPID")
@@ -302,28 +366,69 @@ conns_of() {
     case $1 in c1000) echo 1000 ;; *) echo 64 ;; esac
 }
 
-declare -A RPS P50 P99 CPU REQS PORT_OF LABEL DEAD NGINX_DIRS
+declare -A RPS P50 P99 CPU REQS PORT_OF LABEL DEAD NGINX_DIRS FOREIGN
+
+server_died() {      # server_died SERVER MESSAGE: record how it ended
+    local srv=$1 msg=$2 pid status=0
+    pid=${SRV_SPID[$srv]}
+    wait "$pid" 2>/dev/null || status=$?
+    if ((status > 128)); then
+        msg+=" (killed by signal $((status - 128)): $(kill -l $((status - 128)) 2>/dev/null || echo '?'))"
+    else
+        msg+=" (exit status $status$( ((status == 0)) && echo ': a clean exit, e.g. after a SIGTERM we did not send'))"
+    fi
+    PROBLEMS+=("$msg; server log in $RAW_DIR/$srv.log")
+    log "$msg"
+    DEAD[$srv]=1
+}
 PROBLEMS=()
 EXIT_NOTES=()
 STOPS=0
+DISCARDED=0
 
-# run_one WORKLOAD SERVER REP: one wrk measurement against a running server.
+# run_one WORKLOAD SERVER REP ATTEMPT: one wrk measurement against a running
+# server. Returns 2 (recording nothing) when other processes used more than
+# FOREIGN_MAX% of a CPU and attempts remain.
 run_one() {
-    local wl=$1 srv=$2 rep=$3 port=${PORT_OF[$2]} url out t0 t1 reqs rps p50 p99 cpu
+    local wl=$1 srv=$2 rep=$3 attempt=$4 port=${PORT_OF[$2]} url out t0 t1 reqs rps p50 p99 cpu
     local -a args pids
     url="http://127.0.0.1:$port$PATH_PLAINTEXT"
     mapfile -t args < <(wrk_args "$wl" "$url")
     read -r -a pids <<<"${SRV_MPIDS[$srv]}"
     out="$RAW_DIR/wrk-$wl-$srv-$rep.txt"
+    ((attempt == 1)) || out="$RAW_DIR/wrk-$wl-$srv-$rep-attempt$attempt.txt"
     printf '# taskset -c %s wrk %s\n' "$CLIENT_CPU" "${args[*]@Q}" >"$out"
-    t0=$(cpu_ticks "${pids[@]}")
-    taskset -c "$CLIENT_CPU" wrk "${args[@]}" >>"$out" 2>&1 || PROBLEMS+=("$wl/$srv rep $rep: wrk exited non-zero; see $out")
     if ! kill -0 "${pids[0]}" 2>/dev/null; then
-        PROBLEMS+=("$wl/$srv rep $rep: SERVER DIED during the run; wrk output in $out, server log in $RAW_DIR/$srv.log")
-        DEAD[$srv]=1
+        server_died "$srv" "$wl/$srv rep $rep: SERVER DIED before the run"
+        return 0
+    fi
+    local b0 b1 e0 e1 wrk_cpu foreign TIMEFORMAT='%U %S'
+    b0=$(busy_ticks)
+    e0=$EPOCHREALTIME
+    t0=$(cpu_ticks "${pids[@]}")
+    { time taskset -c "$CLIENT_CPU" wrk "${args[@]}" >>"$out" 2>&1 ||
+        PROBLEMS+=("$wl/$srv rep $rep: wrk exited non-zero; see $out"); } 2>"$TMP/wrk-time"
+    if ! kill -0 "${pids[0]}" 2>/dev/null; then
+        server_died "$srv" "$wl/$srv rep $rep: SERVER DIED during the run; wrk output in $out"
         return 0
     fi
     t1=$(cpu_ticks "${pids[@]}")
+    b1=$(busy_ticks)
+    e1=$EPOCHREALTIME
+    # CPU used by neither the server nor wrk during the run, in % of one CPU.
+    wrk_cpu=$(awk '{print $1 + $2}' "$TMP/wrk-time")
+    foreign=$(awk -v b=$((b1 - b0)) -v s=$((t1 - t0)) -v w="$wrk_cpu" -v hz="$CLK_TCK" \
+        -v e="$(awk -v a="$e0" -v b="$e1" 'BEGIN {print b - a}')" \
+        'BEGIN {f = ((b - s) / hz - w) / e * 100; printf "%.0f", f < 0 ? 0 : f}')
+    if ((foreign > FOREIGN_MAX)); then
+        if ((attempt < ATTEMPTS)); then
+            log "$wl $srv rep $rep attempt $attempt: discarded, other processes used $foreign% of a CPU ($(awk '/^Requests\/sec:/ {print $2}' "$out") req/s, CPU $(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$(awk '/ requests in / {print $1; exit}' "$out")" 'BEGIN {if (n > 0) printf "%.2f", d * 1e6 / hz / n}')us/req)"
+            DISCARDED=$((DISCARDED + 1))
+            return 2
+        fi
+        PROBLEMS+=("$wl/$srv rep $rep: other processes used $foreign% of a CPU during the run (threshold $FOREIGN_MAX%), still after $ATTEMPTS attempts; kept")
+    fi
+    FOREIGN[$wl|$srv]+="$foreign "
     reqs=$(awk '/ requests in / {print $1; exit}' "$out")
     rps=$(awk '/^Requests\/sec:/ {print $2; exit}' "$out")
     p50=$(to_us "$(awk '$1 == "50%" {print $2; exit}' "$out")")
@@ -341,7 +446,7 @@ run_one() {
     P99[$wl|$srv]+="$p99 "
     CPU[$wl|$srv]+="$cpu "
     REQS[$wl|$srv]+="$reqs "
-    log "$wl $srv rep $rep: $rps req/s, p50 ${p50}us, p99 ${p99}us, CPU ${cpu}us/req ($((t1 - t0)) ticks, $reqs requests)"
+    log "$wl $srv rep $rep: $rps req/s, p50 ${p50}us, p99 ${p99}us, CPU ${cpu}us/req ($((t1 - t0)) ticks, $reqs requests; other processes ${foreign}% of a CPU)"
 }
 
 fmt_lat() {          # microseconds -> "123 us" / "1.23 ms"
@@ -375,9 +480,6 @@ start_server() {     # start_server SERVER: start and fill SRV_* globals
     SRV_WPID=$WPID
 }
 
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=""
-if [[ -n $(git -C "$ROOT" --no-optional-locks status --porcelain 2>/dev/null || true) ]]; then DIRTY="+dirty"; fi
 log "raw output: $RAW_DIR"
 
 # ------------------------------------------------------------- throughput ---
@@ -410,8 +512,11 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
     for wl in $WORKLOADS; do
         for srv in "${order[@]}"; do
             [[ -n ${DEAD[$srv]:-} ]] && continue
-            sleep 1
-            run_one "$wl" "$srv" "$rep"
+            for ((attempt = 1; attempt <= ATTEMPTS; attempt++)); do
+                wait_quiet
+                run_one "$wl" "$srv" "$rep" "$attempt" && break
+                [[ -n ${DEAD[$srv]:-} ]] && break
+            done
         done
     done
 done
@@ -467,9 +572,100 @@ if ((IDLE_CONNS > 0)); then
     for ((rep = 1; rep <= REPEAT; rep++)); do
         for srv in "${SERVERS[@]}"; do
             [[ -n ${DEAD[$srv]:-} ]] && continue
-            sleep 1
+            wait_quiet
             measure_rss "$srv"
         done
+    done
+fi
+
+# --------------------------------------------------------------- syscalls ---
+
+declare -A SYS_TOTAL SYS_ERRS SYS_REQS
+syscall_reqs() {
+    case $1 in close) echo "$SYSCALL_CLOSE_REQS" ;; *) echo "$SYSCALL_REQS" ;; esac
+}
+
+traced_all() {       # traced_all PID...: every thread of every PID has a tracer
+    local pid t tracer
+    for pid in "$@"; do
+        for t in /proc/"$pid"/task/*; do
+            tracer=$(awk '/^TracerPid:/ {print $2}' "$t/status" 2>/dev/null || true)
+            [[ -n $tracer && $tracer != 0 ]] || return 1
+        done
+    done
+}
+
+fixed_load() {       # fixed_load PORT WORKLOAD N OUTFILE
+    taskset -c "$CLIENT_CPU" python3 "$ROOT/scripts/fixed_load.py" --port "$1" --path "$PATH_PLAINTEXT" \
+        --mode "$2" --requests "$3" --conns 64 --depth "$PIPELINE_DEPTH" >"$4" 2>&1
+}
+
+# measure_syscalls SERVER: fresh server; per workload an untraced warm-up,
+# then strace -c -f attached to the server for exactly N requests.
+measure_syscalls() {
+    local srv=$1 port=${PORT_OF[$1]} wl n trace tsv out spid i got p
+    local -a pids pflags keep
+    start_server "$srv"
+    read -r -a pids <<<"${SRV_MPIDS[$srv]}"
+    pflags=()
+    for p in "${pids[@]}"; do pflags+=(-p "$p"); done
+    for wl in $SYSCALL_WORKLOADS; do
+        n=$(syscall_reqs "$wl")
+        trace="$RAW_DIR/strace-$wl-$srv.txt"
+        tsv="$RAW_DIR/syscalls-$wl-$srv.tsv"
+        out="$RAW_DIR/fixed-$wl-$srv.txt"
+        fixed_load "$port" "$wl" $((n < 2000 ? n : 2000)) "$out" ||
+            PROBLEMS+=("syscalls $wl/$srv: warm-up failed: $(tail -n 1 "$out")")
+        strace -c -f -o "$trace" "${pflags[@]}" 2>>"$RAW_DIR/strace-$srv.stderr" &
+        spid=$!
+        EXTRA_PIDS+=("$spid")
+        for ((i = 0; i < 200; i++)); do
+            traced_all "${pids[@]}" && break
+            sleep 0.05
+        done
+        if ! traced_all "${pids[@]}"; then
+            PROBLEMS+=("syscalls $wl/$srv: strace did not attach; see $RAW_DIR/strace-$srv.stderr")
+            kill_pid "$spid"
+            wait "$spid" 2>/dev/null || true
+            continue
+        fi
+        fixed_load "$port" "$wl" "$n" "$out" ||
+            PROBLEMS+=("syscalls $wl/$srv: fixed_load.py failed: $(tail -n 1 "$out")")
+        # SIGTERM makes strace detach and write the summary (SIGINT would be
+        # ignored: background jobs of a non-interactive shell ignore it).
+        kill -TERM "$spid" 2>/dev/null || true
+        wait "$spid" 2>/dev/null || true
+        keep=()
+        for p in "${EXTRA_PIDS[@]}"; do [[ $p == "$spid" ]] || keep+=("$p"); done
+        EXTRA_PIDS=("${keep[@]}")
+        if ! kill -0 "${pids[0]}" 2>/dev/null; then
+            server_died "$srv" "syscalls $wl/$srv: SERVER DIED"
+            return 0
+        fi
+        got=$(sed -n 's/^requests=\([0-9]*\) .*/\1/p' "$out")
+        # strace -c rows: % time, seconds, usecs/call, calls, [errors,] syscall
+        awk '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" {print $NF "\t" $4 "\t" (NF >= 6 ? $5 : 0)}' \
+            "$trace" >"$tsv" 2>/dev/null || true
+        if [[ -z $got || $got == 0 || ! -s $tsv ]]; then
+            PROBLEMS+=("syscalls $wl/$srv: no result (requests '${got}'); see $out and $trace")
+            continue
+        fi
+        ((got == n)) || PROBLEMS+=("syscalls $wl/$srv: $got of $n requests completed")
+        SYS_REQS[$wl|$srv]=$got
+        SYS_TOTAL[$wl|$srv]=$(awk -F'\t' '{s += $2} END {print s}' "$tsv")
+        SYS_ERRS[$wl|$srv]=$(awk -F'\t' '{s += $3} END {print s}' "$tsv")
+        log "syscalls $wl $srv: ${SYS_TOTAL[$wl|$srv]} syscalls (${SYS_ERRS[$wl|$srv]} failed) for $got requests"
+    done
+    if kill -0 "${SRV_SPID[$srv]}" 2>/dev/null; then
+        stop_server "${SRV_SPID[$srv]}" "${LABEL[$srv]} (syscall run)"
+    fi
+}
+
+if [[ $SYSCALLS == 1 ]]; then
+    for srv in "${SERVERS[@]}"; do
+        [[ -n ${DEAD[$srv]:-} ]] && continue
+        wait_quiet
+        measure_syscalls "$srv"
     done
 fi
 
@@ -484,13 +680,77 @@ wl_name() {
     esac
 }
 
+syscall_report() {
+    local wl srv key row
+    echo "Syscalls per request: each server started fresh, \`strace -c -f -p PID\` attached (nginx: master and worker) after an untraced warm-up, then exactly N requests from \`taskset -c $CLIENT_CPU scripts/fixed_load.py --conns 64\` (HTTP/1.1; keep-alive, pipelined x$PIPELINE_DEPTH, or \`Connection: close\` with a new connection per request); one run each. Failed calls (mostly EAGAIN) count; their share is in parentheses. Tracing slows the server, which changes how many events each epoll_wait returns."
+    echo
+    row="| workload | requests |"
+    for srv in "${SERVERS[@]}"; do row+=" ${LABEL[$srv]} |"; done
+    echo "$row"
+    row="|---|---:|"
+    for srv in "${SERVERS[@]}"; do row+="---:|"; done
+    echo "$row"
+    for wl in $SYSCALL_WORKLOADS; do
+        row="| $(wl_name "$wl") | $(syscall_reqs "$wl") |"
+        for srv in "${SERVERS[@]}"; do
+            key="$wl|$srv"
+            if [[ -n ${SYS_REQS[$key]:-} ]]; then
+                row+=" $(awk -v t="${SYS_TOTAL[$key]}" -v e="${SYS_ERRS[$key]}" -v n="${SYS_REQS[$key]}" 'BEGIN {printf "%.2f (%.2f)", t / n, e / n}') |"
+            else
+                row+=" n/a |"
+            fi
+        done
+        echo "$row"
+    done
+    echo
+    # Breakdown for connection per request: one column per server.
+    local -a files=() cols=() reqs=()
+    for srv in "${SERVERS[@]}"; do
+        [[ -n ${SYS_REQS[close|$srv]:-} ]] || continue
+        files+=("$RAW_DIR/syscalls-close-$srv.tsv")
+        cols+=("${LABEL[$srv]}")
+        reqs+=("${SYS_REQS[close|$srv]}")
+    done
+    ((${#files[@]})) || return 0
+    echo "New connection per request, calls per request by syscall (failed calls in parentheses):"
+    echo
+    row="| syscall |"
+    for srv in "${cols[@]}"; do row+=" $srv |"; done
+    echo "$row"
+    row="|---|"
+    for srv in "${cols[@]}"; do row+="---:|"; done
+    echo "$row"
+    awk -F'\t' -v reqs="${reqs[*]}" -v nf="${#files[@]}" '
+        FNR == 1 { f++ }
+        { c[$1, f] = $2; e[$1, f] = $3; if (!($1 in seen)) { seen[$1] = 1; names[++k] = $1 }
+          if ($2 > mx[$1]) mx[$1] = $2 }
+        END {
+            split(reqs, n, " ")
+            # sort names by the largest call count, descending
+            for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++)
+                if (mx[names[j]] > mx[names[i]]) { t = names[i]; names[i] = names[j]; names[j] = t }
+            for (i = 1; i <= k; i++) {
+                row = "| " names[i] " |"
+                for (j = 1; j <= nf; j++) {
+                    if ((names[i], j) in c) {
+                        row = row sprintf(" %.2f", c[names[i], j] / n[j])
+                        if (e[names[i], j] > 0) row = row sprintf(" (%.2f)", e[names[i], j] / n[j])
+                        row = row " |"
+                    } else row = row " - |"
+                }
+                print row
+            }
+        }' "${files[@]}"
+    echo
+}
+
 report() {
     echo "### Run $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "Command: \`$CMDLINE\`"
     echo
-    echo "- Machine: $NPROC CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), kernel $(uname -r); coreloop $COMMIT$DIRTY (binary sha256 $COREL_SHA)"
-    echo "- Servers: one worker pinned to CPU $SERVER_CPU; \`taskset -c $SERVER_CPU target/release/coreloop --workers 1 $( ((COREL_CPUS)) && echo "--cpus $SERVER_CPU ")--port P --backend B --log-level warn --max-conns $MAX_CONNS --idle-timeout 120s\`; ${LABEL[nginx]} (Debian nginx-light) with worker_processes 1, worker_cpu_affinity, access_log off, keepalive_requests 10000000, worker_connections $MAX_CONNS (config generated by the script)"
+    echo "- Machine: $NPROC CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), kernel $(uname -r); coreloop $COMMIT$DIRTY${BENCH_REV:+ (built from git archive, work tree changes excluded)} (binary sha256 $COREL_SHA)"
+    echo "- Servers: one worker pinned to CPU $SERVER_CPU; \`taskset -c $SERVER_CPU target/release/coreloop --workers 1 --cpus $SERVER_CPU --port P --backend B --log-level warn --max-conns $MAX_CONNS --idle-timeout 120s\`; ${LABEL[nginx]} (Debian nginx-light) with worker_processes 1, worker_cpu_affinity, access_log off, keepalive_requests 10000000, worker_connections $MAX_CONNS (config generated by the script)"
     echo "- Client: \`taskset -c $CLIENT_CPU wrk -t1 -cC -d$DURATION --latency http://127.0.0.1:P/plaintext\` (+ \`-s scripts/pipeline.lua -- $PIPELINE_DEPTH\` / \`-H 'Connection: close'\`); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)"
     local joined
     joined=$(IFS=';'; echo "${RESP_NOTES[*]}")
@@ -534,6 +794,13 @@ report() {
         done
     done
     echo
+    local all_foreign=""
+    for key in "${!FOREIGN[@]}"; do all_foreign+="${FOREIGN[$key]}"; done
+    if [[ -n $all_foreign ]]; then
+        read -r -a v <<<"$all_foreign"
+        echo "Machine load: besides the server and wrk, other processes used $(median "${v[@]}")% of one CPU in the median measurement and at most $(printf '%s\n' "${v[@]}" | sort -g | tail -n 1)% (whole-machine busy time from /proc/stat minus the server's and wrk's CPU time; each measurement started only after a 1 s sample showed the machine below $QUIET_PCT% busy). $DISCARDED measurement(s) were discarded and repeated because other processes used more than $FOREIGN_MAX% of a CPU during them."
+        echo
+    fi
     if [[ " $WORKLOADS " == *" pipeline "* ]]; then
         echo "\\* wrk 4.1's latency percentiles are wrong under pipelining (it times a whole batch from its write), so the pipelined row shows the mean batch latency from Little's law, connections x $PIPELINE_DEPTH / req/s, and no p99."
         echo
@@ -554,6 +821,9 @@ report() {
             fi
         done
         echo
+    fi
+    if [[ $SYSCALLS == 1 ]]; then
+        syscall_report
     fi
     if ((${#EXIT_NOTES[@]})); then
         joined=$(IFS=';'; echo "${EXIT_NOTES[*]}")

@@ -70,9 +70,24 @@ pub struct Args {
     /// How long a graceful shutdown may take before connections are forced.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
-    /// Event-loop backend.
+    /// Event-loop backend: auto tries io_uring and falls back to epoll.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
+    /// io_uring: submission queue entries per core (power of two).
+    #[arg(long, default_value_t = 1024)]
+    ring_entries: u32,
+    /// io_uring: bytes per provided receive buffer, e.g. 4k.
+    #[arg(long, default_value = "4k", value_parser = parse_size)]
+    buf_size: u64,
+    /// io_uring: provided receive buffers per core (power of two).
+    #[arg(long, default_value_t = 1024)]
+    buf_count: u16,
+    /// io_uring: kernel submission polling; the thread sleeps after IDLE_MS.
+    #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "1000")]
+    sqpoll: Option<u32>,
+    /// io_uring: pin the SQPOLL thread to this CPU.
+    #[arg(long)]
+    sqpoll_cpu: Option<u32>,
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
@@ -135,6 +150,11 @@ impl Args {
                 BackendArg::Epoll => Backend::Epoll,
                 BackendArg::Uring => Backend::Uring,
             },
+            ring_entries: self.ring_entries,
+            buf_size: size("buf-size", self.buf_size)?,
+            buf_count: self.buf_count,
+            sqpoll: self.sqpoll,
+            sqpoll_cpu: self.sqpoll_cpu,
             handle_signals: true,
         };
         config.validate()?;
@@ -164,9 +184,6 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if config.backend == Backend::Auto {
-        log::info!("backend auto: io_uring backend not built yet, using epoll");
-    }
     let result = Server::new(config)
         .bind()
         .and_then(|bound| bound.serve(|_core| Router::builtins()));
@@ -179,7 +196,7 @@ pub fn main() -> ExitCode {
             log::info!("stopped: {drained} connections drained, {forced} forced");
             ExitCode::SUCCESS
         }
-        Err(e @ Error::Config(_)) => {
+        Err(e @ (Error::Config(_) | Error::Backend(_))) => {
             eprintln!("coreloop: error: {e}");
             ExitCode::from(2)
         }

@@ -68,6 +68,21 @@ pub struct Config {
     pub read_buffer: usize,
     /// Event-loop backend. Default auto.
     pub backend: Backend,
+    /// io_uring: submission queue entries per core ring (the completion
+    /// queue gets four times as many, for multishot bursts). Default 1024.
+    pub ring_entries: u32,
+    /// io_uring: bytes per provided receive buffer. Default 4 KiB; a
+    /// larger request simply spans several buffers.
+    pub buf_size: usize,
+    /// io_uring: provided receive buffers per core, a power of two. Default
+    /// 1024. When all are in use, receives wait for one to come back.
+    pub buf_count: u16,
+    /// io_uring: run a kernel submission-polling thread that sleeps after
+    /// this many idle milliseconds (IORING_SETUP_SQPOLL). Default off: it
+    /// burns a CPU per core; an experiment knob.
+    pub sqpoll: Option<u32>,
+    /// io_uring: pin the SQPOLL thread to this CPU. Default unpinned.
+    pub sqpoll_cpu: Option<u32>,
     /// Install SIGTERM/SIGINT handlers that start a graceful shutdown (a
     /// second signal exits at once). Default true; an embedding program
     /// that handles signals itself turns it off and calls
@@ -90,6 +105,11 @@ impl Default for Config {
             linger_timeout: Duration::from_secs(2),
             read_buffer: 64 * 1024,
             backend: Backend::Auto,
+            ring_entries: 1024,
+            buf_size: 4096,
+            buf_count: 1024,
+            sqpoll: None,
+            sqpoll_cpu: None,
             handle_signals: true,
         }
     }
@@ -123,6 +143,27 @@ impl Config {
                 "read buffer {} is below the minimum 1024",
                 self.read_buffer
             ));
+        }
+        if !self.ring_entries.is_power_of_two() || !(8..=32768).contains(&self.ring_entries) {
+            return Err(format!(
+                "--ring-entries {} must be a power of two in 8..=32768",
+                self.ring_entries
+            ));
+        }
+        if !self.buf_count.is_power_of_two() || self.buf_count > 32768 {
+            return Err(format!(
+                "--buf-count {} must be a power of two up to 32768",
+                self.buf_count
+            ));
+        }
+        if !(512..=1 << 20).contains(&self.buf_size) {
+            return Err(format!(
+                "--buf-size {} must be between 512 and 1 MiB",
+                self.buf_size
+            ));
+        }
+        if self.sqpoll_cpu.is_some() && self.sqpoll.is_none() {
+            return Err("--sqpoll-cpu needs --sqpoll".into());
         }
         if self.linger_timeout.is_zero() {
             return Err("--linger-timeout must be above 0".into());

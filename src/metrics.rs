@@ -92,6 +92,14 @@ pub struct CoreStats {
     pub deadlines: [Counter; 4],
     /// Handlers that panicked.
     pub panics: Counter,
+    /// epoll: returns from epoll_wait.
+    pub poll_wakeups: Counter,
+    /// io_uring: io_uring_enter calls (submit and wait).
+    pub ring_enters: Counter,
+    /// io_uring: completions reaped.
+    pub ring_completions: Counter,
+    /// io_uring: receives that found the buffer ring empty.
+    pub ring_no_buffers: Counter,
 }
 
 impl CoreStats {

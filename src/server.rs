@@ -22,6 +22,9 @@ use crate::{listener, topology};
 pub enum Error {
     /// A configuration value is invalid (the message names the flag).
     Config(String),
+    /// `--backend uring` was asked for and the kernel refuses it (the
+    /// message says why).
+    Backend(String),
     /// The listening address could not be bound.
     Bind {
         /// The address.
@@ -54,6 +57,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Config(msg) => write!(f, "{msg}"),
+            Error::Backend(reason) => write!(f, "--backend uring: io_uring unavailable: {reason}"),
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Error::Setup { what, source } => write!(f, "{what}: {source}"),
             Error::Core { id, source } => write!(f, "core {id} failed: {source}"),
@@ -82,6 +86,8 @@ pub struct Server {
 /// A server whose listeners are open: connections queue from here on.
 #[derive(Debug)]
 pub struct Bound {
+    /// Epoll or Uring: what the cores run (never Auto).
+    backend: Backend,
     config: Arc<Config>,
     /// (CPU to pin to, listener) per core.
     cores: Vec<(Option<usize>, std::net::TcpListener)>,
@@ -108,11 +114,7 @@ impl Server {
     pub fn bind(self) -> Result<Bound, Error> {
         let config = self.config;
         config.validate().map_err(Error::Config)?;
-        if config.backend == Backend::Uring {
-            return Err(Error::Config(
-                "--backend uring: the io_uring backend is not built yet; use --backend epoll or auto".into(),
-            ));
-        }
+        let backend = choose_backend(&config)?;
         let cpus = plan_cpus(&config)?;
         check_nofile(&config, cpus.len());
         let mut cores = Vec::with_capacity(cpus.len());
@@ -132,6 +134,7 @@ impl Server {
             .map(|_| Arc::new(CachePadded::new(CoreStats::default())))
             .collect();
         Ok(Bound {
+            backend,
             config: Arc::new(config),
             cores,
             local_addr: addr,
@@ -145,6 +148,11 @@ impl Bound {
     /// The address the cores listen on (with the real port if 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The backend the cores run: `Epoll` or `Uring`, never `Auto`.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// A handle that starts the graceful shutdown when triggered.
@@ -185,9 +193,10 @@ impl Bound {
             };
             let factory = factory.clone();
             let addr = self.local_addr;
+            let backend = self.backend;
             let thread = thread::Builder::new()
                 .name(format!("coreloop-{id}"))
-                .spawn(move || run_core(core, addr, &*factory))
+                .spawn(move || run_core(core, backend, addr, &*factory))
                 .map_err(|source| Error::Setup {
                     what: "worker thread",
                     source,
@@ -224,7 +233,12 @@ impl Bound {
     }
 }
 
-fn run_core<F, H>(core: Core, addr: SocketAddr, factory: &F) -> io::Result<CoreReport>
+fn run_core<F, H>(
+    core: Core,
+    backend: Backend,
+    addr: SocketAddr,
+    factory: &F,
+) -> io::Result<CoreReport>
 where
     F: Fn(usize) -> H,
     H: Handler,
@@ -236,11 +250,32 @@ where
         .cpu
         .map_or_else(|| "unpinned".to_string(), |c| format!("cpu {c}"));
     log::info!(
-        "core {}: {cpu}, backend epoll, listening on {addr}",
+        "core {}: {cpu}, backend {backend}, listening on {addr}",
         core.id
     );
     let handler = factory(core.id);
-    backend::epoll::run(core, handler)
+    match backend {
+        Backend::Uring => backend::uring::run(core, handler),
+        Backend::Epoll | Backend::Auto => backend::epoll::run(core, handler),
+    }
+}
+
+/// Resolves `auto` by probing io_uring; `uring` fails with the probe's
+/// reason, `auto` falls back to epoll and says why in one line.
+fn choose_backend(config: &Config) -> Result<Backend, Error> {
+    match config.backend {
+        Backend::Epoll => Ok(Backend::Epoll),
+        Backend::Uring => backend::uring::probe(config)
+            .map(|()| Backend::Uring)
+            .map_err(Error::Backend),
+        Backend::Auto => match backend::uring::probe(config) {
+            Ok(()) => Ok(Backend::Uring),
+            Err(reason) => {
+                log::warn!("io_uring unavailable ({reason}): falling back to epoll");
+                Ok(Backend::Epoll)
+            }
+        },
+    }
 }
 
 /// One entry per worker: the CPU it is pinned to, or None when unpinned.

@@ -124,6 +124,9 @@ fn second_signal_exits_at_once() {
     let (mut child, addr, _rx) = start(&["--shutdown-timeout", "30s"]);
     let mut stuck = Client::connect(addr);
     stuck.send(b"GET /plaintext HTTP/1.1\r\n");
+    // Let the server accept it: connections still in the backlog at the
+    // signal are not the server's yet (they are reset with the listener).
+    thread::sleep(Duration::from_millis(200));
     let pid = Pid::from_raw(child.id() as i32);
     kill(pid, Signal::SIGTERM).expect("signal");
     thread::sleep(Duration::from_millis(200));
@@ -165,7 +168,9 @@ fn bad_flags_print_one_line_and_exit_2() {
         &["--backlog", "-5"],
         &["--bind", "not-an-ip"],
         &["--no-such-flag"],
-        &["--backend", "uring"],
+        &["--ring-entries", "1000"],
+        &["--buf-count", "3"],
+        &["--sqpoll-cpu", "1"],
         &["--cpus", "4000"],
     ] {
         let (code, stderr) = run_fails(args);
@@ -231,5 +236,57 @@ fn out_of_descriptors_backs_off_and_recovers() {
     assert!(
         warned <= 3,
         "logged once per episode, not per retry: {warned}"
+    );
+}
+
+/// `auto` falls back to epoll and says why in one line; `uring` refuses to
+/// start, with the same reason, exit 2. The probe failure is injected with
+/// the documented CORELOOP_NO_URING switch.
+#[test]
+fn io_uring_refused_falls_back_or_fails() {
+    let mut command = Command::new(BIN);
+    command.env("CORELOOP_NO_URING", "test");
+    let (mut child, addr, rx) = start_with(command, &["--workers", "1"]);
+    assert_eq!(Client::connect(addr).get("/plaintext").status, 200);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+    drop(rx);
+
+    let child = Command::new(BIN)
+        .env("CORELOOP_NO_URING", "test")
+        .args([
+            "--port",
+            "0",
+            "--backend",
+            "auto",
+            "--workers",
+            "1",
+            "--no-pin",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
+    let out = child.wait_with_output().expect("wait");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(
+            "io_uring unavailable (disabled by CORELOOP_NO_URING=test): falling back to epoll"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("backend epoll"), "{log}");
+
+    let refused = Command::new(BIN)
+        .env("CORELOOP_NO_URING", "test")
+        .args(["--port", "0", "--backend", "uring", "--no-pin"])
+        .output()
+        .expect("run");
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--backend uring: io_uring unavailable: disabled by CORELOOP_NO_URING=test"),
+        "{err}"
     );
 }

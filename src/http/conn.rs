@@ -86,6 +86,8 @@ pub struct Conn {
     /// Responses not yet sent; `out[sent..]` is pending.
     out: Vec<u8>,
     sent: usize,
+    /// Bytes moved out by `take_transmit` and not yet acknowledged.
+    in_flight: usize,
     scan: Scan,
     head: Head,
     /// In `Chunked`: offset in the request where undecoded body bytes start.
@@ -108,6 +110,7 @@ impl Conn {
             input: Vec::new(),
             out: Vec::new(),
             sent: 0,
+            in_flight: 0,
             scan: Scan::default(),
             head: Head::default(),
             body_pos: 0,
@@ -163,6 +166,16 @@ impl Conn {
         self.linger = false;
     }
 
+    /// The transport failed (reset, send error): drop all output and close
+    /// at once, without lingering.
+    pub fn handle_abort(&mut self) {
+        self.phase = Phase::Closed;
+        self.out.clear();
+        self.sent = 0;
+        self.in_flight = 0;
+        self.linger = false;
+    }
+
     /// Fires every deadline at or before `now`. Early calls do nothing.
     pub fn handle_timeout<H: Handler + ?Sized>(&mut self, ctx: &mut Ctx<'_, H>) {
         for kind in Deadline::ALL {
@@ -199,8 +212,12 @@ impl Conn {
     /// drained enough: call `handle_input(&[], ..)` to resume.
     pub fn on_sent(&mut self, n: usize, now: Instant, limits: &Limits, pool: &mut BufPool) -> bool {
         let was_blocked = self.pending() >= self.max_pending;
-        self.sent = (self.sent + n).min(self.out.len());
-        if self.sent == self.out.len() {
+        if self.in_flight > 0 {
+            self.in_flight -= n.min(self.in_flight);
+        } else {
+            self.sent = (self.sent + n).min(self.out.len());
+        }
+        if self.sent == self.out.len() && self.out.capacity() > 0 {
             self.sent = 0;
             pool.give(mem::take(&mut self.out));
         }
@@ -214,6 +231,24 @@ impl Conn {
     /// Bytes waiting to be sent, oldest first.
     pub fn poll_transmit(&self) -> &[u8] {
         &self.out[self.sent..]
+    }
+
+    /// Moves the pending output into a buffer the caller owns until the
+    /// kernel is done with it (io_uring: the buffer must not move while a
+    /// send is in flight). The bytes still count as pending until
+    /// acknowledged with `on_sent`; new responses go to a fresh buffer.
+    /// Call only when nothing taken earlier is still unacknowledged.
+    pub fn take_transmit(&mut self) -> Option<Vec<u8>> {
+        if self.sent == self.out.len() || self.in_flight > 0 {
+            return None;
+        }
+        if self.sent > 0 {
+            self.out.drain(..self.sent);
+            self.sent = 0;
+        }
+        let out = mem::take(&mut self.out);
+        self.in_flight = out.len();
+        Some(out)
     }
 
     /// The earliest deadline, if any. Changes after any `handle_*` or
@@ -260,7 +295,7 @@ impl Conn {
     }
 
     fn pending(&self) -> usize {
-        self.out.len() - self.sent
+        self.in_flight + self.out.len() - self.sent
     }
 
     fn has_partial_request(&self) -> bool {
@@ -475,7 +510,7 @@ impl Conn {
         let closing = matches!(self.phase, Phase::Closing | Phase::Closed);
         let in_head = self.phase == Phase::Head;
         let partial = !self.input.is_empty() || self.scan.started();
-        let pending = self.out.len() > self.sent;
+        let pending = self.in_flight + self.out.len() > self.sent;
         let in_body = matches!(self.phase, Phase::Length(_) | Phase::Chunked);
 
         let head = &mut d[Deadline::Head as usize];

@@ -151,6 +151,7 @@ impl<H: Handler> Loop<H> {
                     return Err(e);
                 }
             }
+            self.env.stats.poll_wakeups.inc();
             self.now = Instant::now();
             self.env.date.update(SystemTime::now());
             if self.drain_deadline.is_none() && self.shutdown.is_triggered() {

@@ -13,7 +13,9 @@
 //! already hold, answers in-flight requests with `Connection: close`, and
 //! returns when its slab is empty or the drain deadline passes.
 
+pub mod buf_ring;
 pub mod epoll;
+pub mod uring;
 pub mod wheel;
 
 use std::net::TcpListener;

@@ -15,6 +15,17 @@ use crossbeam_utils::CachePadded;
 
 use super::Parsed;
 
+/// Whether this kernel lets us run the io_uring backend; prints why not.
+pub fn uring_available() -> bool {
+    match coreloop::io::uring::probe(&Config::default()) {
+        Ok(()) => true,
+        Err(reason) => {
+            eprintln!("skipping io_uring case: {reason}");
+            false
+        }
+    }
+}
+
 /// A server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -126,7 +137,10 @@ impl Client {
                 return Ok(parsed);
             }
             let mut chunk = [0u8; 64 * 1024];
-            let n = self.stream.read(&mut chunk)?;
+            let n = match self.stream.read(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => other?,
+            };
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -146,6 +160,7 @@ impl Client {
             match self.stream.read(&mut byte) {
                 Ok(0) => return true,
                 Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return true,
                 Err(_) => return false,
             }

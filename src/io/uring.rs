@@ -1,0 +1,1008 @@
+//! The io_uring backend: one ring per core, multishot accept, multishot
+//! recv into a provided-buffer ring, and every send of a loop turn
+//! submitted with the one io_uring_enter that also waits.
+//!
+//! Same vocabulary as `epoll.rs`: accept, receive, hand bytes to `Conn`,
+//! flush, arm the timer, close. What differs is ownership: the kernel
+//! holds a connection's socket and send buffer while an operation is in
+//! flight, so a slot is released only when its last completion (cancels
+//! included) has arrived.
+//!
+//! INVARIANT: a slab slot, its descriptor and its in-flight send buffer stay
+//! put until `Entry::ops` is zero, i.e. until the final CQE of every SQE
+//! that names them. Receive buffers belong to the per-core `BufRing`.
+//!
+//! `user_data` layout (one place, `UserData`):
+//!
+//! | bits   | field                             |
+//! |--------|-----------------------------------|
+//! | 56..64 | operation (`Op`)                  |
+//! | 32..56 | slot generation (24 bits)         |
+//! | 0..32  | slab key                          |
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use nix::libc;
+use slab::Slab;
+
+use super::buf_ring::BufRing;
+use super::wheel::Wheel;
+use super::{Core, CoreReport};
+use crate::config::Config;
+use crate::handler::Handler;
+use crate::http::{Conn, Ctx, DateCache, Limits};
+use crate::metrics::CoreStats;
+use crate::pool::BufPool;
+use crate::shutdown::Wake;
+
+/// How long accept stays paused after EMFILE/ENFILE before it is re-armed.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Buffer group id of the core's receive buffers.
+const BUF_GROUP: u16 = 0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    Cancel = 4,
+    Shutdown = 5,
+    Wake = 6,
+}
+
+/// Operation, generation and slab key packed into a CQE's user_data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct UserData {
+    op: Op,
+    gen: u32,
+    key: usize,
+}
+
+impl UserData {
+    fn encode(self) -> u64 {
+        (self.op as u64) << 56
+            | u64::from(self.gen & 0xff_ffff) << 32
+            | (self.key as u64 & 0xffff_ffff)
+    }
+
+    fn decode(raw: u64) -> Option<UserData> {
+        let op = match raw >> 56 {
+            1 => Op::Accept,
+            2 => Op::Recv,
+            3 => Op::Send,
+            4 => Op::Cancel,
+            5 => Op::Shutdown,
+            6 => Op::Wake,
+            _ => return None,
+        };
+        Some(UserData {
+            op,
+            gen: (raw >> 32) as u32 & 0xff_ffff,
+            key: (raw & 0xffff_ffff) as usize,
+        })
+    }
+}
+
+/// An eventfd the shutdown signal writes to; the loop polls it.
+struct EventFd(OwnedFd);
+
+impl EventFd {
+    fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd(2) takes no pointers; a non-negative result is a
+        // fresh descriptor that nothing else owns.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a valid descriptor we own (just created).
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn clear(&self) {
+        let mut value = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into an 8-byte stack buffer.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), value.as_mut_ptr().cast(), 8) };
+    }
+}
+
+impl Wake for EventFd {
+    fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from an 8-byte stack buffer.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+}
+
+/// Creates a ring with the best flags the kernel accepts: SINGLE_ISSUER |
+/// DEFER_TASKRUN, then COOP_TASKRUN, then none. Returns it with the name of
+/// the flags used.
+pub fn build_ring(config: &Config) -> io::Result<(IoUring, &'static str)> {
+    let cq = config.ring_entries.saturating_mul(4);
+    let base = || {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(cq).setup_clamp();
+        if let Some(idle) = config.sqpoll {
+            b.setup_sqpoll(idle);
+            if let Some(cpu) = config.sqpoll_cpu {
+                b.setup_sqpoll_cpu(cpu);
+            }
+        }
+        b
+    };
+    let mut errors = Vec::new();
+    if config.sqpoll.is_none() {
+        match base()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(config.ring_entries)
+        {
+            Ok(ring) => return Ok((ring, "single_issuer|defer_taskrun")),
+            Err(e) => errors.push(e),
+        }
+    }
+    match base()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(config.ring_entries)
+    {
+        Ok(ring) => {
+            log::info!(
+                "io_uring: DEFER_TASKRUN refused ({:?}); using COOP_TASKRUN",
+                errors.first().map(|e| e.to_string())
+            );
+            return Ok((ring, "coop_taskrun"));
+        }
+        Err(e) => errors.push(e),
+    }
+    match base().build(config.ring_entries) {
+        Ok(ring) => {
+            log::info!("io_uring: COOP_TASKRUN refused; using a ring without setup flags");
+            Ok((ring, "none"))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks that this process may use io_uring as the backend needs it:
+/// ring creation, every opcode, provided buffer rings. `Err` names the
+/// reason in one line. `CORELOOP_NO_URING=<reason>` fails the probe on
+/// purpose (tests, or an operator ruling io_uring out).
+pub fn probe(config: &Config) -> Result<(), String> {
+    if let Some(reason) = std::env::var_os("CORELOOP_NO_URING") {
+        return Err(format!(
+            "disabled by CORELOOP_NO_URING={}",
+            reason.to_string_lossy()
+        ));
+    }
+    let (ring, _) = build_ring(config).map_err(|e| setup_reason(&e))?;
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("IORING_REGISTER_PROBE failed: {e}"))?;
+    let needed = [
+        ("accept", opcode::AcceptMulti::CODE),
+        ("recv", opcode::RecvMulti::CODE),
+        ("send", opcode::Send::CODE),
+        ("async_cancel", opcode::AsyncCancel::CODE),
+        ("shutdown", opcode::Shutdown::CODE),
+        ("poll_add", opcode::PollAdd::CODE),
+    ];
+    for (name, code) in needed {
+        if !probe.is_supported(code) {
+            return Err(format!("the kernel lacks the io_uring {name} opcode"));
+        }
+    }
+    let bufs = BufRing::new(&ring.submitter(), 2, 512, 7)
+        .map_err(|e| format!("provided buffer rings refused (Linux 5.19+ needed): {e}"))?;
+    let _ = bufs.unregister(&ring.submitter());
+    drop(ring);
+    drop(bufs);
+    Ok(())
+}
+
+fn setup_reason(e: &io::Error) -> String {
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok();
+    match e.raw_os_error() {
+        Some(libc::EPERM) => format!(
+            "io_uring_setup: operation not permitted (EPERM; kernel.io_uring_disabled={}, or a seccomp filter)",
+            disabled.as_deref().map_or("?", str::trim)
+        ),
+        Some(libc::ENOSYS) => "io_uring_setup: not implemented by this kernel (ENOSYS)".into(),
+        Some(libc::ENOMEM) => "io_uring_setup: out of memory (ENOMEM; check RLIMIT_MEMLOCK)".into(),
+        _ => format!("io_uring_setup: {e}"),
+    }
+}
+
+/// One connection slot.
+struct Entry {
+    fd: OwnedFd,
+    conn: Conn,
+    gen: u32,
+    /// SQEs naming this slot whose final completion has not arrived.
+    ops: u32,
+    recv_armed: bool,
+    recv_cancelled: bool,
+    /// The buffer being sent and how much of it went out; it stays here
+    /// until fully sent (short sends continue from `sent`).
+    sending: Option<Vec<u8>>,
+    sent: usize,
+    send_inflight: bool,
+    eof: bool,
+    closing: bool,
+    linger_until: Option<Instant>,
+    armed: Option<u64>,
+    dirty: bool,
+}
+
+struct Env<H> {
+    date: DateCache,
+    limits: Limits,
+    pool: BufPool,
+    stats: Arc<crossbeam_utils::CachePadded<CoreStats>>,
+    handler: H,
+}
+
+impl<H: Handler> Env<H> {
+    fn ctx(&mut self, now: Instant) -> Ctx<'_, H> {
+        Ctx {
+            now,
+            date: &self.date,
+            limits: &self.limits,
+            pool: &mut self.pool,
+            stats: &self.stats,
+            handler: &mut self.handler,
+        }
+    }
+}
+
+struct Loop<H> {
+    id: usize,
+    // Field order is drop order: the ring goes before the buffers it uses.
+    ring: IoUring,
+    bufs: BufRing,
+    listener: Option<TcpListener>,
+    accept_armed: bool,
+    accept_retry: Option<Instant>,
+    /// Out of descriptors since the last successful accept (logged once).
+    nofile: bool,
+    wake: Arc<EventFd>,
+    conns: Slab<Entry>,
+    wheel: Wheel,
+    dirty: Vec<usize>,
+    due: Vec<(usize, u32)>,
+    cqes: Vec<(u64, i32, u32)>,
+    env: Env<H>,
+    now: Instant,
+    next_gen: u32,
+    max_conns: usize,
+    linger: Duration,
+    shutdown: crate::shutdown::Shutdown,
+    shutdown_timeout: Duration,
+    drain_deadline: Option<Instant>,
+    drain_sweep: bool,
+    draining_from: usize,
+}
+
+/// Runs one core's loop until shutdown completes.
+pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
+    let config = core.config.clone();
+    let (ring, flags) = build_ring(&config)?;
+    let bufs = BufRing::new(
+        &ring.submitter(),
+        config.buf_count,
+        config.buf_size,
+        BUF_GROUP,
+    )?;
+    let wake = Arc::new(EventFd::new()?);
+    core.shutdown.add_waker(wake.clone());
+    log::debug!("core {}: io_uring ring flags {flags}", core.id);
+    let now = Instant::now();
+    let mut lp = Loop {
+        id: core.id,
+        ring,
+        bufs,
+        listener: Some(core.listener),
+        accept_armed: false,
+        accept_retry: None,
+        nofile: false,
+        wake,
+        conns: Slab::with_capacity(config.max_conns.min(4096)),
+        wheel: Wheel::new(now),
+        dirty: Vec::new(),
+        due: Vec::new(),
+        cqes: Vec::with_capacity(config.ring_entries as usize * 4),
+        env: Env {
+            date: DateCache::new(SystemTime::now()),
+            limits: config.limits.clone(),
+            pool: BufPool::default(),
+            stats: core.stats,
+            handler,
+        },
+        now,
+        next_gen: 0,
+        max_conns: config.max_conns,
+        linger: config.linger_timeout,
+        shutdown: core.shutdown,
+        shutdown_timeout: config.shutdown_timeout,
+        drain_deadline: None,
+        drain_sweep: false,
+        draining_from: 0,
+    };
+    lp.arm_accept();
+    lp.push(
+        opcode::PollAdd::new(types::Fd(lp.wake.0.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build(),
+        UserData {
+            op: Op::Wake,
+            gen: 0,
+            key: 0,
+        },
+    )?;
+    let report = lp.run();
+    lp.teardown();
+    report
+}
+
+impl<H: Handler> Loop<H> {
+    fn run(&mut self) -> io::Result<CoreReport> {
+        loop {
+            self.submit_and_wait()?;
+            self.now = Instant::now();
+            self.env.date.update(SystemTime::now());
+            if self.drain_deadline.is_none() && self.shutdown.is_triggered() {
+                self.begin_drain();
+            } else if self.drain_sweep {
+                self.drain_sweep = false;
+                self.sweep_idle();
+            }
+            self.reap();
+            self.expire();
+            if self.accept_retry.is_some_and(|at| self.now >= at) {
+                self.accept_retry = None;
+                self.arm_accept();
+            }
+            self.flush_dirty();
+            self.bufs.publish();
+            if let Some(report) = self.drain_done() {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// One io_uring_enter: submits everything queued this turn and waits
+    /// for a completion or the next deadline.
+    fn submit_and_wait(&mut self) -> io::Result<()> {
+        let timeout = self.wait_timeout();
+        self.env.stats.ring_enters.inc();
+        let result = match timeout {
+            Some(d) => {
+                let ts = types::Timespec::from(d);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submitter().submit_and_wait(1),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn wait_timeout(&self) -> Option<Duration> {
+        if self.drain_sweep || !self.dirty.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut timeout = self.wheel.next_timeout(self.now);
+        for at in [self.accept_retry, self.drain_deadline]
+            .into_iter()
+            .flatten()
+        {
+            let d = at.saturating_duration_since(self.now);
+            timeout = Some(timeout.map_or(d, |t| t.min(d)));
+        }
+        timeout
+    }
+
+    /// Queues an SQE; when the queue is full, submits first to make room.
+    fn push(&mut self, entry: squeue::Entry, ud: UserData) -> io::Result<()> {
+        let entry = entry.user_data(ud.encode());
+        loop {
+            // SAFETY: every buffer an SQE names (send buffers, in `Entry::sending`;
+            // receive buffers, in `BufRing`) stays allocated and unmoved until
+            // the SQE's final completion (module INVARIANT).
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            self.env.stats.ring_enters.inc();
+            self.ring.submit()?;
+        }
+    }
+
+    /// Queues an SQE that names slot `key`, counting it against the slot.
+    fn push_for(&mut self, key: usize, op: Op, entry: squeue::Entry) {
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
+        e.ops += 1;
+        let gen = e.gen;
+        if let Err(err) = self.push(entry, UserData { op, gen, key }) {
+            log::error!("core {}: io_uring submit failed: {err}", self.id);
+            if let Some(e) = self.conns.get_mut(key) {
+                e.ops -= 1;
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        self.env.stats.ring_completions.add(cqes.len() as u64);
+        for &(raw, res, flags) in &cqes {
+            let Some(ud) = UserData::decode(raw) else {
+                continue;
+            };
+            match ud.op {
+                Op::Accept => self.on_accept(res, flags),
+                Op::Recv => self.on_recv(ud, res, flags),
+                Op::Send => self.on_send(ud, res),
+                Op::Cancel | Op::Shutdown => self.op_done(ud),
+                Op::Wake => self.wake.clear(),
+            }
+        }
+        self.cqes = cqes;
+    }
+
+    fn arm_accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        if self.drain_deadline.is_some() || self.accept_armed || self.conns.len() >= self.max_conns
+        {
+            return;
+        }
+        let fd = listener.as_raw_fd();
+        let sqe = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build();
+        if self
+            .push(
+                sqe,
+                UserData {
+                    op: Op::Accept,
+                    gen: 0,
+                    key: 0,
+                },
+            )
+            .is_ok()
+        {
+            self.accept_armed = true;
+        }
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+            if self.drain_deadline.is_some() {
+                // The cancelled accept is reaped: the listener can close.
+                self.listener = None;
+            }
+        }
+        if res >= 0 {
+            // SAFETY: a successful accept completion carries a new
+            // descriptor that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(res) };
+            self.nofile = false;
+            self.add(fd);
+        } else if matches!(
+            -res,
+            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+        ) {
+            if !self.nofile {
+                self.nofile = true;
+                log::warn!(
+                    "core {}: out of file descriptors: accept paused, retrying every {} ms",
+                    self.id,
+                    ACCEPT_RETRY.as_millis()
+                );
+            }
+            self.accept_retry = Some(self.now + ACCEPT_RETRY);
+            return;
+        } else if -res != libc::ECANCELED {
+            log::debug!(
+                "core {}: accept: {}",
+                self.id,
+                io::Error::from_raw_os_error(-res)
+            );
+        }
+        if self.conns.len() >= self.max_conns {
+            if self.accept_armed {
+                log::warn!(
+                    "core {}: {} connections open (--max-conns): not accepting until one closes",
+                    self.id,
+                    self.conns.len()
+                );
+                let _ = self.push(
+                    opcode::AsyncCancel::new(
+                        UserData {
+                            op: Op::Accept,
+                            gen: 0,
+                            key: 0,
+                        }
+                        .encode(),
+                    )
+                    .build(),
+                    UserData {
+                        op: Op::Cancel,
+                        gen: 0,
+                        key: usize::MAX >> 32,
+                    },
+                );
+            }
+        } else if !self.accept_armed && self.accept_retry.is_none() {
+            self.arm_accept();
+        }
+    }
+
+    fn add(&mut self, fd: OwnedFd) {
+        if self.drain_deadline.is_some() {
+            return;
+        }
+        self.next_gen = self.next_gen.wrapping_add(1) & 0xff_ffff;
+        let key = self.conns.insert(Entry {
+            fd,
+            conn: Conn::new(self.now, &self.env.limits),
+            gen: self.next_gen,
+            ops: 0,
+            recv_armed: false,
+            recv_cancelled: false,
+            sending: None,
+            sent: 0,
+            send_inflight: false,
+            eof: false,
+            closing: false,
+            linger_until: None,
+            armed: None,
+            dirty: false,
+        });
+        self.env.stats.accepted.inc();
+        self.env.stats.active.inc();
+        self.arm_recv(key);
+        self.arm(key);
+    }
+
+    fn arm_recv(&mut self, key: usize) {
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
+        if e.recv_armed || e.eof || e.closing {
+            return;
+        }
+        e.recv_armed = true;
+        e.recv_cancelled = false;
+        let sqe = opcode::RecvMulti::new(types::Fd(e.fd.as_raw_fd()), self.bufs.group()).build();
+        self.push_for(key, Op::Recv, sqe);
+    }
+
+    fn live(&mut self, ud: UserData) -> Option<&mut Entry> {
+        self.conns.get_mut(ud.key).filter(|e| e.gen == ud.gen)
+    }
+
+    fn on_recv(&mut self, ud: UserData, res: i32, flags: u32) {
+        let bid = cqueue::buffer_select(flags);
+        let more = cqueue::more(flags);
+        let now = self.now;
+        let Some(e) = self.conns.get_mut(ud.key).filter(|e| e.gen == ud.gen) else {
+            if let Some(bid) = bid {
+                self.bufs.recycle(bid);
+            }
+            return;
+        };
+        if !more {
+            e.recv_armed = false;
+            e.ops -= 1;
+        }
+        if res > 0 {
+            if let Some(bid) = bid {
+                // NOTE(cast): res > 0 was checked.
+                let data = self.bufs.get(bid, res as usize);
+                if e.linger_until.is_none() && !e.closing {
+                    e.conn.handle_input(data, &mut self.env.ctx(now));
+                }
+                self.bufs.recycle(bid);
+            }
+        } else if res == 0 {
+            e.eof = true;
+            e.conn.handle_eof();
+        } else if -res == libc::ENOBUFS {
+            self.env.stats.ring_no_buffers.inc();
+        } else if -res != libc::ECANCELED {
+            e.eof = true;
+            e.linger_until = None;
+            e.conn.handle_abort();
+        }
+        self.mark(ud.key);
+    }
+
+    fn on_send(&mut self, ud: UserData, res: i32) {
+        let now = self.now;
+        let Some(e) = self.conns.get_mut(ud.key).filter(|e| e.gen == ud.gen) else {
+            return;
+        };
+        e.ops -= 1;
+        e.send_inflight = false;
+        if res < 0 {
+            e.conn.handle_abort();
+            e.eof = true;
+            self.mark(ud.key);
+            return;
+        }
+        // NOTE(cast): res >= 0 was checked.
+        let n = res as usize;
+        e.sent += n;
+        self.env.stats.bytes_out.add(n as u64);
+        let env = &mut self.env;
+        let resume = e.conn.on_sent(n, now, &env.limits, &mut env.pool);
+        if e.sending.as_ref().is_some_and(|buf| e.sent >= buf.len()) {
+            if let Some(buf) = e.sending.take() {
+                env.pool.give(buf);
+            }
+            e.sent = 0;
+        }
+        if resume {
+            e.conn.handle_input(&[], &mut env.ctx(now));
+        }
+        self.mark(ud.key);
+    }
+
+    /// A cancel or shutdown for this slot completed.
+    fn op_done(&mut self, ud: UserData) {
+        if let Some(e) = self.live(ud) {
+            e.ops -= 1;
+            self.mark(ud.key);
+        }
+    }
+
+    fn mark(&mut self, key: usize) {
+        if let Some(e) = self.conns.get_mut(key) {
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// For every connection touched this turn: send what it produced (one
+    /// send in flight at most), close or linger when it is done, keep its
+    /// receive armed or paused, and arm its deadline.
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            if let Some(e) = self.conns.get_mut(key) {
+                e.dirty = false;
+                self.settle(key);
+            }
+        }
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+            self.dirty.clear();
+        }
+    }
+
+    fn settle(&mut self, key: usize) {
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
+        if e.closing {
+            self.try_release(key);
+            return;
+        }
+        if !e.send_inflight {
+            if e.sending.is_none() {
+                e.sending = e.conn.take_transmit();
+                e.sent = 0;
+            }
+            if let Some(buf) = &e.sending {
+                // Sends continue from `sent` after a short send. A buffer
+                // over 4 GiB goes out in several sends.
+                let rest = &buf[e.sent..];
+                let len = rest.len().min(u32::MAX as usize) as u32;
+                let sqe = opcode::Send::new(types::Fd(e.fd.as_raw_fd()), rest.as_ptr(), len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build();
+                e.send_inflight = true;
+                self.push_for(key, Op::Send, sqe);
+            }
+        }
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
+        if e.linger_until.is_some() {
+            if e.eof {
+                self.begin_close(key);
+            } else {
+                self.arm_recv(key);
+                self.arm(key);
+            }
+            return;
+        }
+        if e.conn.is_done() {
+            if e.conn.lingers() && !e.eof {
+                e.linger_until = Some(self.now + self.linger);
+                let sqe = opcode::Shutdown::new(types::Fd(e.fd.as_raw_fd()), libc::SHUT_WR).build();
+                self.push_for(key, Op::Shutdown, sqe);
+                self.arm_recv(key);
+                self.arm(key);
+            } else {
+                self.begin_close(key);
+            }
+            return;
+        }
+        if e.conn.wants_read() {
+            self.arm_recv(key);
+        } else if e.recv_armed && !e.recv_cancelled {
+            // Too much unsent output: stop receiving until the peer reads.
+            e.recv_cancelled = true;
+            let target = UserData {
+                op: Op::Recv,
+                gen: e.gen,
+                key,
+            }
+            .encode();
+            self.push_for(key, Op::Cancel, opcode::AsyncCancel::new(target).build());
+        }
+        self.arm(key);
+    }
+
+    /// Starts closing a slot: cancels what is in flight; the slot is
+    /// released when the last completion arrives.
+    fn begin_close(&mut self, key: usize) {
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !e.closing {
+            e.closing = true;
+            let gen = e.gen;
+            let recv = e.recv_armed && !e.recv_cancelled;
+            let send = e.send_inflight;
+            if recv {
+                e.recv_cancelled = true;
+                let target = UserData {
+                    op: Op::Recv,
+                    gen,
+                    key,
+                }
+                .encode();
+                self.push_for(key, Op::Cancel, opcode::AsyncCancel::new(target).build());
+            }
+            if send {
+                let target = UserData {
+                    op: Op::Send,
+                    gen,
+                    key,
+                }
+                .encode();
+                self.push_for(key, Op::Cancel, opcode::AsyncCancel::new(target).build());
+            }
+        }
+        self.try_release(key);
+    }
+
+    fn try_release(&mut self, key: usize) {
+        let Some(e) = self.conns.get(key) else { return };
+        if e.ops > 0 {
+            return;
+        }
+        let e = self.conns.remove(key);
+        if let Some(buf) = e.sending {
+            self.env.pool.give(buf);
+        }
+        drop(e.fd);
+        self.env.stats.closed.inc();
+        self.env.stats.active.sub(1);
+        if !self.accept_armed && self.accept_retry.is_none() {
+            self.arm_accept();
+        }
+    }
+
+    /// Puts the slot in the wheel if its deadline is earlier than what is
+    /// armed (later deadlines are found when the armed tick fires).
+    fn arm(&mut self, key: usize) {
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
+        let deadline = e.linger_until.or_else(|| e.conn.poll_timeout());
+        let Some(at) = deadline else { return };
+        let tick = self.wheel.tick_of(at);
+        if e.armed.is_none_or(|armed| tick < armed) {
+            e.armed = Some(self.wheel.insert(at, key, e.gen));
+        }
+    }
+
+    fn expire(&mut self) {
+        self.wheel.expire(self.now, &mut self.due);
+        let due = std::mem::take(&mut self.due);
+        for &(key, gen) in &due {
+            let now = self.now;
+            let Some(e) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
+                continue;
+            };
+            e.armed = None;
+            if e.closing {
+                continue;
+            }
+            match e.linger_until {
+                Some(at) if now >= at => self.begin_close(key),
+                Some(_) => self.arm(key),
+                None => {
+                    e.conn.handle_timeout(&mut self.env.ctx(now));
+                    self.mark(key);
+                }
+            }
+        }
+        self.due = due;
+        self.due.clear();
+    }
+
+    /// Shutdown began: stop accepting, tell every connection, and after
+    /// one more pass through the kernel (which delivers any request that
+    /// raced the signal) close the idle ones.
+    fn begin_drain(&mut self) {
+        self.drain_deadline = Some(self.now + self.shutdown_timeout);
+        self.drain_sweep = true;
+        if self.accept_armed {
+            let target = UserData {
+                op: Op::Accept,
+                gen: 0,
+                key: 0,
+            }
+            .encode();
+            let _ = self.push(
+                opcode::AsyncCancel::new(target).build(),
+                UserData {
+                    op: Op::Cancel,
+                    gen: 0,
+                    key: usize::MAX >> 32,
+                },
+            );
+        }
+        self.draining_from = self.conns.len();
+        for (_, e) in self.conns.iter_mut() {
+            e.conn.handle_shutdown();
+        }
+    }
+
+    fn sweep_idle(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.mark(key);
+        }
+        // The listener closes once its accept is cancelled (or now, if the
+        // cancel already completed).
+        if !self.accept_armed {
+            self.listener = None;
+        }
+    }
+
+    fn drain_done(&mut self) -> Option<CoreReport> {
+        let deadline = self.drain_deadline?;
+        if self.drain_sweep || (!self.conns.is_empty() && self.now < deadline) {
+            return None;
+        }
+        let forced = self.conns.iter().filter(|(_, e)| !e.closing).count();
+        Some(CoreReport {
+            id: self.id,
+            drained: self.draining_from.saturating_sub(forced),
+            forced,
+        })
+    }
+
+    /// Cancels everything still in flight and reaps it, so no buffer is
+    /// freed under the kernel; then unregisters the buffer ring.
+    fn teardown(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.begin_close(key);
+        }
+        if self.accept_armed {
+            let target = UserData {
+                op: Op::Accept,
+                gen: 0,
+                key: 0,
+            }
+            .encode();
+            let _ = self.push(
+                opcode::AsyncCancel::new(target).build(),
+                UserData {
+                    op: Op::Cancel,
+                    gen: 0,
+                    key: usize::MAX >> 32,
+                },
+            );
+        }
+        let target = UserData {
+            op: Op::Wake,
+            gen: 0,
+            key: 0,
+        }
+        .encode();
+        let _ = self.push(
+            opcode::AsyncCancel::new(target).build(),
+            UserData {
+                op: Op::Cancel,
+                gen: 0,
+                key: usize::MAX >> 32,
+            },
+        );
+        let give_up = Instant::now() + Duration::from_secs(2);
+        while (!self.conns.is_empty() || self.accept_armed) && Instant::now() < give_up {
+            let ts = types::Timespec::from(Duration::from_millis(10));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.reap();
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                self.begin_close(key);
+            }
+        }
+        self.listener = None;
+        if let Err(e) = self.bufs.unregister(&self.ring.submitter()) {
+            log::debug!("core {}: unregister buffer ring: {e}", self.id);
+        }
+        if !self.conns.is_empty() {
+            // Completions never came: keep the memory rather than free it
+            // under the kernel (the process is exiting anyway).
+            log::warn!(
+                "core {}: {} connections still had operations in flight at exit",
+                self.id,
+                self.conns.len()
+            );
+            std::mem::forget(std::mem::take(&mut self.conns));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for op in [
+            Op::Accept,
+            Op::Recv,
+            Op::Send,
+            Op::Cancel,
+            Op::Shutdown,
+            Op::Wake,
+        ] {
+            let ud = UserData {
+                op,
+                gen: 0xab_cdef,
+                key: 123_456,
+            };
+            assert_eq!(UserData::decode(ud.encode()), Some(ud));
+        }
+        assert_eq!(UserData::decode(0), None, "zero never names an operation");
+    }
+}
