@@ -19,6 +19,7 @@
 //! # Ok::<(), coreloop::server::Error>(())
 //! ```
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod cli;

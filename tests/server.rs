@@ -367,3 +367,24 @@ fn shutdown_answers_in_flight_and_closes_idle(backend: Backend) {
     assert!(matches!(partial.stream.read(&mut w), Ok(0) | Err(_)));
     let _ = partial.stream.flush();
 }
+
+/// The SQPOLL experiment knob makes a working ring (a kernel thread submits).
+#[test]
+fn uring_with_sqpoll_serves() {
+    if !common::net::uring_available() {
+        return;
+    }
+    let mut cfg = config(Backend::Uring);
+    cfg.sqpoll = Some(20);
+    cfg.workers = Some(1);
+    let server = TestServer::start(cfg);
+    let mut c = server.connect();
+    for _ in 0..20 {
+        assert_eq!(c.get("/plaintext").status, 200);
+    }
+    let batch = "GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".repeat(16);
+    c.send(batch.as_bytes());
+    for _ in 0..16 {
+        assert_eq!(c.read_response().unwrap().status, 200);
+    }
+}

@@ -121,53 +121,56 @@ impl Wake for EventFd {
 }
 
 /// Creates a ring with the best flags the kernel accepts: SINGLE_ISSUER |
-/// DEFER_TASKRUN, then COOP_TASKRUN, then none. Returns it with the name of
-/// the flags used.
-pub fn build_ring(config: &Config) -> io::Result<(IoUring, &'static str)> {
+/// DEFER_TASKRUN, then COOP_TASKRUN, then none (SQPOLL rings take none of
+/// those). Returns it with the name of the flags used and, after a
+/// fallback, why the better flags were refused.
+pub fn build_ring(config: &Config) -> io::Result<(IoUring, &'static str, Option<String>)> {
     let cq = config.ring_entries.saturating_mul(4);
     let base = || {
         let mut b = IoUring::builder();
         b.setup_cqsize(cq).setup_clamp();
-        if let Some(idle) = config.sqpoll {
-            b.setup_sqpoll(idle);
-            if let Some(cpu) = config.sqpoll_cpu {
-                b.setup_sqpoll_cpu(cpu);
-            }
-        }
         b
     };
-    let mut errors = Vec::new();
-    if config.sqpoll.is_none() {
-        match base()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(config.ring_entries)
-        {
-            Ok(ring) => return Ok((ring, "single_issuer|defer_taskrun")),
-            Err(e) => errors.push(e),
+    if let Some(idle) = config.sqpoll {
+        let mut b = base();
+        b.setup_sqpoll(idle);
+        if let Some(cpu) = config.sqpoll_cpu {
+            b.setup_sqpoll_cpu(cpu);
         }
+        return b
+            .build(config.ring_entries)
+            .map(|ring| (ring, "sqpoll", None));
     }
-    match base()
+    let defer = match base()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(config.ring_entries)
+    {
+        Ok(ring) => return Ok((ring, "single_issuer|defer_taskrun", None)),
+        Err(e) => e,
+    };
+    let coop = match base()
         .setup_coop_taskrun()
         .setup_taskrun_flag()
         .build(config.ring_entries)
     {
         Ok(ring) => {
-            log::info!(
-                "io_uring: DEFER_TASKRUN refused ({:?}); using COOP_TASKRUN",
-                errors.first().map(|e| e.to_string())
-            );
-            return Ok((ring, "coop_taskrun"));
+            return Ok((
+                ring,
+                "coop_taskrun",
+                Some(format!("SINGLE_ISSUER|DEFER_TASKRUN refused: {defer}")),
+            ))
         }
-        Err(e) => errors.push(e),
-    }
-    match base().build(config.ring_entries) {
-        Ok(ring) => {
-            log::info!("io_uring: COOP_TASKRUN refused; using a ring without setup flags");
-            Ok((ring, "none"))
-        }
-        Err(e) => Err(e),
-    }
+        Err(e) => e,
+    };
+    let ring = base().build(config.ring_entries)?;
+    Ok((
+        ring,
+        "none",
+        Some(format!(
+            "DEFER_TASKRUN refused: {defer}; COOP_TASKRUN refused: {coop}"
+        )),
+    ))
 }
 
 /// Checks that this process may use io_uring as the backend needs it:
@@ -181,7 +184,7 @@ pub fn probe(config: &Config) -> Result<(), String> {
             reason.to_string_lossy()
         ));
     }
-    let (ring, _) = build_ring(config).map_err(|e| setup_reason(&e))?;
+    let (ring, _, _) = build_ring(config).map_err(|e| setup_reason(&e))?;
     let mut probe = Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
@@ -293,7 +296,10 @@ struct Loop<H> {
 /// Runs one core's loop until shutdown completes.
 pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
     let config = core.config.clone();
-    let (ring, flags) = build_ring(&config)?;
+    let (ring, flags, fallback) = build_ring(&config)?;
+    if let Some(why) = fallback {
+        log::info!("core {}: io_uring ring with flags {flags} ({why})", core.id);
+    }
     let bufs = BufRing::new(
         &ring.submitter(),
         config.buf_count,
