@@ -857,3 +857,53 @@ fn limits_are_configurable() {
     .validate()
     .is_err());
 }
+
+#[test]
+fn taken_output_stays_pending_until_acknowledged() {
+    let limits = Limits::default();
+    let mut h = Harness::with_limits(limits.clone());
+    let mut ctx = coreloop::http::Ctx {
+        now: h.now,
+        date: &h.date,
+        limits: &limits,
+        pool: &mut h.pool,
+        stats: &h.stats,
+        handler: &mut h.router,
+    };
+    h.conn.handle_input(NEXT, &mut ctx);
+    let first = h.conn.take_transmit().expect("output to send");
+    assert!(
+        h.conn.take_transmit().is_none(),
+        "one buffer in flight at a time"
+    );
+    assert!(!h.conn.is_idle(), "taken bytes are still pending");
+    h.conn.handle_input(NEXT, &mut ctx);
+    h.conn.on_sent(first.len(), h.now, &limits, &mut h.pool);
+    let second = h.conn.take_transmit().expect("the pipelined response");
+    let wire = [first, second.clone()].concat();
+    let parsed = common::parse_responses(&wire).unwrap();
+    assert_eq!(parsed.len(), 2);
+    h.conn.on_sent(second.len(), h.now, &limits, &mut h.pool);
+    assert!(h.conn.is_idle());
+}
+
+#[test]
+fn abort_drops_output_and_closes_without_lingering() {
+    let limits = Limits::default();
+    let mut h = Harness::with_limits(limits.clone());
+    let mut ctx = coreloop::http::Ctx {
+        now: h.now,
+        date: &h.date,
+        limits: &limits,
+        pool: &mut h.pool,
+        stats: &h.stats,
+        handler: &mut h.router,
+    };
+    h.conn
+        .handle_input(b"GET /nope HTTP/1.1\r\n\r\nmore", &mut ctx);
+    assert!(h.conn.lingers(), "a rejection with bytes behind it lingers");
+    h.conn.handle_abort();
+    assert!(h.conn.is_done());
+    assert!(!h.conn.lingers());
+    assert!(h.conn.poll_transmit().is_empty());
+}

@@ -388,3 +388,36 @@ fn uring_with_sqpoll_serves() {
         assert_eq!(c.read_response().unwrap().status, 200);
     }
 }
+
+/// With a tiny provided-buffer ring, receives run the ring dry (ENOBUFS):
+/// the server re-arms and slows down, it does not fail or lose bytes.
+#[test]
+fn uring_survives_a_dry_buffer_ring() {
+    if !common::net::uring_available() {
+        return;
+    }
+    let mut cfg = config(Backend::Uring);
+    cfg.workers = Some(1);
+    cfg.buf_count = 2;
+    cfg.buf_size = 512;
+    let server = TestServer::start(cfg);
+    let body: Vec<u8> = (0..20_000u32).map(|i| (i % 241) as u8).collect();
+    let mut clients: Vec<Client> = (0..40).map(|_| server.connect()).collect();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    for c in &mut clients {
+        c.send(head.as_bytes());
+        c.send(&body);
+    }
+    for c in &mut clients {
+        let r = c.read_response().unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.body == body, "body intact");
+    }
+    eprintln!(
+        "receives that found the ring empty: {}",
+        server.total(|s| s.ring_no_buffers.get())
+    );
+}

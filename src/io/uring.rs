@@ -658,6 +658,10 @@ impl<H: Handler> Loop<H> {
         e.ops -= 1;
         e.send_inflight = false;
         if res < 0 {
+            if let Some(buf) = e.sending.take() {
+                self.env.pool.give(buf);
+            }
+            e.sent = 0;
             e.conn.handle_abort();
             e.eof = true;
             self.mark(ud.key);
