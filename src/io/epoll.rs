@@ -10,6 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown as Direction;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -212,7 +213,16 @@ impl<H: Handler> Loop<H> {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _)) => self.add(stream),
+                Ok((stream, _)) => {
+                    let fd = listener.as_raw_fd();
+                    self.add(stream);
+                    // Stop while the queue is empty instead of paying for
+                    // an accept that fails; a later arrival is a new edge.
+                    if super::sys::accept_queue_len(fd) == Some(0) {
+                        self.paused = Paused::No;
+                        return;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.paused = Paused::No;
                     return;
