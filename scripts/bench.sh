@@ -3,7 +3,7 @@
 #
 #   scripts/bench.sh                                  # DURATION=10s REPEAT=3 BACKENDS=epoll
 #   DURATION=5s REPEAT=1 scripts/bench.sh             # quick check
-#   BACKENDS="epoll uring" scripts/bench.sh           # once the io_uring loop exists
+#   BACKENDS="epoll uring" scripts/bench.sh           # both coreloop backends and nginx
 #
 # Every server runs one worker pinned to SERVER_CPU (default 0); wrk runs one
 # thread pinned to CLIENT_CPU (default 1). Workloads, all GET /plaintext:
@@ -14,15 +14,24 @@
 # For each (workload, server) the script records req/s, p50/p99 latency and
 # the server's CPU time (utime+stime from /proc/PID/stat) per completed
 # request, repeats everything REPEAT times (interleaving servers) and reports
-# medians. Then it starts each server fresh, opens IDLE_CONNS idle keep-alive
+# medians, with the CPU ratio of each coreloop backend to nginx and, when
+# both run, io_uring / epoll (also paired per repetition, since the servers
+# take turns within a repetition). Then it starts each server fresh, opens
+# IDLE_CONNS idle keep-alive
 # connections (scripts/idle_conns.py) and reports the RSS growth per
 # connection. Last, it starts each server fresh once more, attaches
 # `strace -c -f` to it and sends a fixed number of requests with
 # scripts/fixed_load.py (keep-alive, pipelined, connection per request; 64
 # connections), and reports syscalls per request, with a per-syscall
-# breakdown for the connection-per-request workload. Attaching to the running
-# server (-p) leaves startup, the readiness probe and shutdown out of the
-# count. The markdown report goes to stdout (and RAW_DIR/report.md);
+# breakdown per workload. Attaching to the running server (-p) leaves
+# startup, the readiness probe and shutdown out of the count. strace sees
+# io_uring_enter but not the operations inside the ring, and it slows the
+# server enough to change how much each wake-up finds; so, when perf can
+# count tracepoints, each server is started fresh once more and
+# `perf stat -e raw_syscalls:sys_enter,io_uring:...` counts (untraced: counters
+# only) syscalls, io_uring_enter / epoll_wait calls, io_uring SQEs submitted
+# and CQEs posted, and context switches per request during PERF_SECS of wrk
+# load of each workload. The markdown report goes to stdout (and RAW_DIR/report.md);
 # progress goes to stderr; raw wrk output and server logs stay in RAW_DIR.
 #
 # Environment:
@@ -35,6 +44,10 @@
 #   SYSCALLS     1: measure syscalls per request with strace; 0 skips it (default 1)
 #   SYSCALL_REQS requests per traced keep-alive / pipelined run (default 20000)
 #   SYSCALL_CLOSE_REQS requests (= connections) per traced close run (default 5000)
+#   PERFSTAT     1: count syscalls / ring operations per request with perf
+#                stat tracepoints under wrk load; 0 skips it; default: 1 when
+#                `perf stat -e raw_syscalls:sys_enter` works
+#   PERF_SECS    seconds of wrk load per perf stat count (default 5)
 #   QUIET_PCT    before each measurement, wait until the whole machine is
 #                below this % of one CPU busy over 1 s   (default 10)
 #   QUIET_WAIT   ... for at most this many seconds, then go on (default 600)
@@ -69,11 +82,13 @@ SYSCALLS=${SYSCALLS:-1}
 SYSCALL_REQS=${SYSCALL_REQS:-20000}
 SYSCALL_CLOSE_REQS=${SYSCALL_CLOSE_REQS:-5000}
 SYSCALL_WORKLOADS="keepalive pipeline close"
+PERFSTAT=${PERFSTAT:-auto}
+PERF_SECS=${PERF_SECS:-5}
 PIPELINE_DEPTH=16
 MAX_CONNS=20000
 PATH_PLAINTEXT=/plaintext
 
-CMDLINE="${BENCH_REV:+BENCH_REV=$BENCH_REV }DURATION=$DURATION REPEAT=$REPEAT BACKENDS='$BACKENDS' $0${*:+ $*}"
+CMDLINE="${BENCH_REV:+BENCH_REV=$BENCH_REV }DURATION=$DURATION REPEAT=$REPEAT BACKENDS=\"$BACKENDS\" $0${*:+ $*}"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -137,6 +152,34 @@ if [[ $SYSCALLS == 1 ]] && ! command -v strace >/dev/null; then
     log "installing strace"
     DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq strace >&2 || true
     command -v strace >/dev/null || die "strace is required (or set SYSCALLS=0)"
+fi
+
+# perf stat with tracepoints (no hardware counters needed, so it works in
+# most VMs). Keep only the events this kernel has.
+# Failed calls are counted at the syscall's exit with a filter on its result.
+PERF_EVENTS=()   # event names counted
+PERF_ARGS=()     # perf stat arguments: -e EVENT [--filter F] ...
+if [[ $PERFSTAT != 0 ]]; then
+    if command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
+        for ev in raw_syscalls:sys_enter syscalls:sys_enter_epoll_wait syscalls:sys_enter_io_uring_enter \
+            io_uring:io_uring_submit_req io_uring:io_uring_complete context-switches task-clock \
+            syscalls:sys_enter_accept4 syscalls:sys_exit_accept4 syscalls:sys_enter_recvfrom \
+            syscalls:sys_exit_recvfrom syscalls:sys_enter_sendto syscalls:sys_enter_writev \
+            syscalls:sys_enter_epoll_ctl syscalls:sys_enter_close; do
+            filter=()
+            [[ $ev == syscalls:sys_exit_* ]] && filter=(--filter 'ret < 0')
+            if perf stat -e "$ev" "${filter[@]}" true >/dev/null 2>&1; then
+                PERF_EVENTS+=("$ev")
+                PERF_ARGS+=(-e "$ev" "${filter[@]}")
+            fi
+        done
+        PERFSTAT=1
+    elif [[ $PERFSTAT == 1 ]]; then
+        die "PERFSTAT=1 but \`perf stat -e raw_syscalls:sys_enter true\` fails"
+    else
+        log "perf cannot count tracepoints here; skipping the perf stat counts"
+        PERFSTAT=0
+    fi
 fi
 
 # The package's postinst may have started a system nginx; it does not matter
@@ -366,7 +409,7 @@ conns_of() {
     case $1 in c1000) echo 1000 ;; *) echo 64 ;; esac
 }
 
-declare -A RPS P50 P99 CPU REQS PORT_OF LABEL DEAD NGINX_DIRS FOREIGN
+declare -A RPS P50 P99 CPU CPU_REP REQS PORT_OF LABEL DEAD NGINX_DIRS FOREIGN
 
 server_died() {      # server_died SERVER MESSAGE: record how it ended
     local srv=$1 msg=$2 pid status=0
@@ -445,6 +488,7 @@ run_one() {
     P50[$wl|$srv]+="$p50 "
     P99[$wl|$srv]+="$p99 "
     CPU[$wl|$srv]+="$cpu "
+    CPU_REP[$wl|$srv|$rep]=$cpu
     REQS[$wl|$srv]+="$reqs "
     log "$wl $srv rep $rep: $rps req/s, p50 ${p50}us, p99 ${p99}us, CPU ${cpu}us/req ($((t1 - t0)) ticks, $reqs requests; other processes ${foreign}% of a CPU)"
 }
@@ -457,7 +501,12 @@ fmt_lat() {          # microseconds -> "123 us" / "1.23 ms"
 # ---------------------------------------------------------------- servers ---
 
 SERVERS=(nginx)
-for b in $BACKENDS; do SERVERS+=("coreloop-$b"); done
+for b in $BACKENDS; do
+    case $b in epoll | uring) ;; *) die "BACKENDS: unknown backend '$b' (epoll, uring)" ;; esac
+    [[ " ${SERVERS[*]} " == *" coreloop-$b "* ]] || SERVERS+=("coreloop-$b")
+done
+HAVE_UE=0
+if [[ " ${SERVERS[*]} " == *" coreloop-epoll "* && " ${SERVERS[*]} " == *" coreloop-uring "* ]]; then HAVE_UE=1; fi
 declare -A SRV_MPIDS SRV_SPID
 port=$BASE_PORT
 for srv in "${SERVERS[@]}"; do
@@ -481,6 +530,27 @@ start_server() {     # start_server SERVER: start and fill SRV_* globals
 }
 
 log "raw output: $RAW_DIR"
+
+# How each coreloop backend sets itself up (for io_uring: the ring flags the
+# kernel accepted). The measured runs log at warn, which hides these info
+# lines, so start each backend once at info level and keep its startup lines.
+SETUP_NOTES=()
+for srv in "${SERVERS[@]}"; do
+    [[ $srv == coreloop-* ]] || continue
+    logf="$RAW_DIR/setup-$srv.log"
+    taskset -c "$SERVER_CPU" "$COREL" --workers 1 --cpus "$SERVER_CPU" --port "${PORT_OF[$srv]}" \
+        --backend "${srv#coreloop-}" --log-level info --max-conns "$MAX_CONNS" >"$logf" 2>&1 &
+    SPID=$!
+    SERVER_PIDS+=("$SPID")
+    wait_ready "${PORT_OF[$srv]}" "$SPID" "${LABEL[$srv]}" || die "${LABEL[$srv]} failed to start: $(tail -n 5 "$logf")"
+    stop_server "$SPID" "${LABEL[$srv]} (setup probe)"
+    note=$(grep -E 'backend|ring with flags|falling back' "$logf" | sed -E 's/^.*(core [0-9]+: )/\1/' | paste -sd ';' -)
+    # The uring loop logs its ring flags only after a fallback.
+    if [[ $srv == coreloop-uring ]] && ! grep -q 'ring with flags' "$logf"; then
+        note+=" (no ring-flag fallback logged: SINGLE_ISSUER|DEFER_TASKRUN)"
+    fi
+    SETUP_NOTES+=("${LABEL[$srv]}: ${note:-no startup line found}")
+done
 
 # ------------------------------------------------------------- throughput ---
 
@@ -669,6 +739,64 @@ if [[ $SYSCALLS == 1 ]]; then
     done
 fi
 
+# ------------------------------------------------------ perf stat counts ---
+
+declare -A PS_REQS PS_COUNT
+# measure_perfstat SERVER: fresh server; per workload, perf stat counts the
+# tracepoints in PERF_EVENTS on the server's processes while wrk runs for
+# PERF_SECS. perf starts before wrk and stops about a second after it, so the
+# count includes wrk's connects and a second of idling (a few timer wake-ups).
+measure_perfstat() {
+    local srv=$1 port=${PORT_OF[$1]} wl out pout ppid reqs ev cnt
+    local -a pids wargs
+    start_server "$srv"
+    read -r -a pids <<<"${SRV_MPIDS[$srv]}"
+    taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d2s "http://127.0.0.1:$port$PATH_PLAINTEXT" >/dev/null 2>&1 || true
+    for wl in $WORKLOADS; do
+        wait_quiet
+        out="$RAW_DIR/perfstat-wrk-$wl-$srv.txt"
+        pout="$RAW_DIR/perfstat-$wl-$srv.csv"
+        mapfile -t wargs < <(DURATION=${PERF_SECS}s wrk_args "$wl" "http://127.0.0.1:$port$PATH_PLAINTEXT")
+        perf stat -x, -o "$pout" "${PERF_ARGS[@]}" -p "$(IFS=,; echo "${pids[*]}")" -- sleep $((PERF_SECS + 2)) \
+            2>>"$RAW_DIR/perfstat-$srv.stderr" &
+        ppid=$!
+        EXTRA_PIDS+=("$ppid")
+        sleep 0.5
+        taskset -c "$CLIENT_CPU" wrk "${wargs[@]}" >"$out" 2>&1 ||
+            PROBLEMS+=("perf stat $wl/$srv: wrk exited non-zero; see $out")
+        wait "$ppid" 2>/dev/null || PROBLEMS+=("perf stat $wl/$srv: perf failed; see $RAW_DIR/perfstat-$srv.stderr")
+        local keep=() p
+        for p in "${EXTRA_PIDS[@]}"; do [[ $p == "$ppid" ]] || keep+=("$p"); done
+        EXTRA_PIDS=("${keep[@]}")
+        if ! kill -0 "${pids[0]}" 2>/dev/null; then
+            server_died "$srv" "perf stat $wl/$srv: SERVER DIED"
+            return 0
+        fi
+        reqs=$(awk '/ requests in / {print $1; exit}' "$out")
+        if [[ -z $reqs || $reqs == 0 || ! -s $pout ]]; then
+            PROBLEMS+=("perf stat $wl/$srv: no result; see $out and $pout")
+            continue
+        fi
+        PS_REQS[$wl|$srv]=$reqs
+        # perf stat -x, lines: count,unit,event,... ("<not counted>" when absent)
+        for ev in "${PERF_EVENTS[@]}"; do
+            cnt=$(awk -F, -v e="$ev" '$3 == e && $1 ~ /^[0-9.]+$/ {print $1; exit}' "$pout")
+            [[ -n $cnt ]] && PS_COUNT[$wl|$srv|$ev]=$cnt
+        done
+        log "perf stat $wl $srv: $reqs requests, ${PS_COUNT[$wl|$srv|raw_syscalls:sys_enter]:-?} syscalls"
+    done
+    if kill -0 "${SRV_SPID[$srv]}" 2>/dev/null; then
+        stop_server "${SRV_SPID[$srv]}" "${LABEL[$srv]} (perf stat run)"
+    fi
+}
+
+if [[ $PERFSTAT == 1 ]]; then
+    for srv in "${SERVERS[@]}"; do
+        [[ -n ${DEAD[$srv]:-} ]] && continue
+        measure_perfstat "$srv"
+    done
+fi
+
 # ----------------------------------------------------------------- report ---
 
 wl_name() {
@@ -703,16 +831,21 @@ syscall_report() {
         echo "$row"
     done
     echo
-    # Breakdown for connection per request: one column per server.
+    for wl in $SYSCALL_WORKLOADS; do syscall_breakdown "$wl"; done
+}
+
+# syscall_breakdown WORKLOAD: calls per request by syscall, one column per server.
+syscall_breakdown() {
+    local wl=$1 srv row
     local -a files=() cols=() reqs=()
     for srv in "${SERVERS[@]}"; do
-        [[ -n ${SYS_REQS[close|$srv]:-} ]] || continue
-        files+=("$RAW_DIR/syscalls-close-$srv.tsv")
+        [[ -n ${SYS_REQS[$wl|$srv]:-} ]] || continue
+        files+=("$RAW_DIR/syscalls-$wl-$srv.tsv")
         cols+=("${LABEL[$srv]}")
-        reqs+=("${SYS_REQS[close|$srv]}")
+        reqs+=("${SYS_REQS[$wl|$srv]}")
     done
     ((${#files[@]})) || return 0
-    echo "New connection per request, calls per request by syscall (failed calls in parentheses):"
+    echo "$(wl_name "$wl" | sed 's/^./\U&/'), calls per request by syscall under strace (failed calls in parentheses; calls below 0.005 per request for every server left out):"
     echo
     row="| syscall |"
     for srv in "${cols[@]}"; do row+=" $srv |"; done
@@ -730,6 +863,9 @@ syscall_report() {
             for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++)
                 if (mx[names[j]] > mx[names[i]]) { t = names[i]; names[i] = names[j]; names[j] = t }
             for (i = 1; i <= k; i++) {
+                big = 0
+                for (j = 1; j <= nf; j++) if (c[names[i], j] / n[j] >= 0.005) big = 1
+                if (!big) continue
                 row = "| " names[i] " |"
                 for (j = 1; j <= nf; j++) {
                     if ((names[i], j) in c) {
@@ -744,6 +880,132 @@ syscall_report() {
     echo
 }
 
+# perfstat_report: untraced counts per request from perf stat tracepoints.
+perfstat_report() {
+    local wl srv key ev row n h name
+    local -a evs=() heads=()
+    # perf_cell KEY EVENT [SCALE]: count / requests (x SCALE), or "-"
+    perf_cell() {
+        if [[ -n ${PS_COUNT[$1|$2]:-} ]]; then
+            awk -v c="${PS_COUNT[$1|$2]}" -v n="${PS_REQS[$1]}" -v s="${3:-1}" 'BEGIN {printf "%.2f", c * s / n}'
+        else
+            printf -- '-'
+        fi
+    }
+    for ev in raw_syscalls:sys_enter syscalls:sys_enter_epoll_wait syscalls:sys_enter_io_uring_enter \
+        io_uring:io_uring_submit_req io_uring:io_uring_complete context-switches task-clock; do
+        [[ " ${PERF_EVENTS[*]} " == *" $ev "* ]] || continue
+        evs+=("$ev")
+        case $ev in
+            raw_syscalls:sys_enter) heads+=("syscalls") ;;
+            syscalls:sys_enter_epoll_wait) heads+=("epoll_wait") ;;
+            syscalls:sys_enter_io_uring_enter) heads+=("io_uring_enter") ;;
+            io_uring:io_uring_submit_req) heads+=("SQEs submitted") ;;
+            io_uring:io_uring_complete) heads+=("CQEs posted") ;;
+            context-switches) heads+=("context switches") ;;
+            task-clock) heads+=("task-clock us") ;;
+        esac
+    done
+    echo "Per request without strace: \`perf stat -p PID\` counting tracepoints and software events (counters only, nothing stops the server; nginx: master and worker) on a fresh server while \`wrk\` ran each workload for ${PERF_SECS} s (same wrk flags as above). Counts start 0.5 s before wrk and end about 1.5 s after, so they include wrk's connects and some idle time. syscalls counts every syscall (raw_syscalls:sys_enter); SQEs submitted counts io_uring operations started (io_uring:io_uring_submit_req; a multishot accept or receive counts once, not per completion); CQEs posted counts completions (io_uring:io_uring_complete, every multishot completion included); context switches are the server's; task-clock is the server's CPU time, a bit above the table's because every counted event costs a little."
+    echo
+    row="| workload | server | requests |"
+    for h in "${heads[@]}"; do row+=" $h |"; done
+    echo "$row"
+    row="|---|---|---:|"
+    for h in "${heads[@]}"; do row+="---:|"; done
+    echo "$row"
+    for wl in $WORKLOADS; do
+        for srv in "${SERVERS[@]}"; do
+            key="$wl|$srv"
+            [[ -n ${PS_REQS[$key]:-} ]] || continue
+            row="| $(wl_name "$wl") | ${LABEL[$srv]} | ${PS_REQS[$key]} |"
+            for ev in "${evs[@]}"; do
+                if [[ $ev == task-clock ]]; then   # msec -> us
+                    row+=" $(perf_cell "$key" "$ev" 1000) |"
+                else
+                    row+=" $(perf_cell "$key" "$ev") |"
+                fi
+            done
+            echo "$row"
+        done
+    done
+    echo
+    # The same runs, per syscall; failed calls (result < 0, mostly EAGAIN) in parentheses.
+    evs=()
+    for name in accept4 recvfrom sendto writev epoll_ctl close; do
+        [[ " ${PERF_EVENTS[*]} " == *" syscalls:sys_enter_$name "* ]] && evs+=("$name")
+    done
+    ((${#evs[@]})) || return 0
+    echo "The same runs, calls per request of the socket syscalls (failed calls, result < 0, in parentheses where counted):"
+    echo
+    row="| workload | server |"
+    for name in "${evs[@]}"; do row+=" $name |"; done
+    echo "$row"
+    row="|---|---|"
+    for name in "${evs[@]}"; do row+="---:|"; done
+    echo "$row"
+    for wl in $WORKLOADS; do
+        for srv in "${SERVERS[@]}"; do
+            key="$wl|$srv"
+            [[ -n ${PS_REQS[$key]:-} ]] || continue
+            row="| $(wl_name "$wl") | ${LABEL[$srv]} |"
+            for name in "${evs[@]}"; do
+                row+=" $(perf_cell "$key" "syscalls:sys_enter_$name")"
+                if [[ -n ${PS_COUNT[$key|syscalls:sys_exit_$name]:-} ]]; then
+                    row+=" ($(perf_cell "$key" "syscalls:sys_exit_$name"))"
+                fi
+                row+=" |"
+            done
+            echo "$row"
+        done
+    done
+    echo
+}
+
+# Paired ratios: within a repetition the servers ran back to back, so the
+# ratio of two servers' CPU us/req in the same repetition cancels slow
+# drifts of the machine that the medians of each server do not.
+paired_report() {
+    ((REPEAT > 1)) || return 0
+    local -a pairs=() vals
+    local srv wl pair a b r row cols
+    for srv in "${SERVERS[@]}"; do
+        [[ $srv == coreloop-* ]] && pairs+=("$srv/nginx")
+    done
+    ((HAVE_UE)) && pairs+=("coreloop-uring/coreloop-epoll")
+    ((${#pairs[@]})) || return 0
+    echo "CPU us/req ratios paired by repetition (the two servers measured back to back in the same repetition):"
+    echo
+    row="| workload | ratio |"
+    cols="|---|---|"
+    for ((r = 1; r <= REPEAT; r++)); do row+=" rep $r |"; cols+="---:|"; done
+    echo "$row median |"
+    echo "$cols---:|"
+    for wl in $WORKLOADS; do
+        for pair in "${pairs[@]}"; do
+            a=${pair%/*}
+            b=${pair#*/}
+            row="| $(wl_name "$wl") | ${a#coreloop-}/${b#coreloop-} |"
+            vals=()
+            for ((r = 1; r <= REPEAT; r++)); do
+                if [[ -n ${CPU_REP[$wl|$a|$r]:-} && -n ${CPU_REP[$wl|$b|$r]:-} ]]; then
+                    vals+=("$(awk -v x="${CPU_REP[$wl|$a|$r]}" -v y="${CPU_REP[$wl|$b|$r]}" 'BEGIN {printf "%.2f", x / y}')")
+                    row+=" ${vals[-1]} |"
+                else
+                    row+=" n/a |"
+                fi
+            done
+            if ((${#vals[@]})); then
+                row+=" $(awk -v m="$(median "${vals[@]}")" 'BEGIN {printf "%.2f", m}') |"
+            else
+                row+=" n/a |"
+            fi
+            echo "$row"
+        done
+    done
+    echo
+}
+
 report() {
     echo "### Run $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
@@ -755,18 +1017,29 @@ report() {
     local joined
     joined=$(IFS=';'; echo "${RESP_NOTES[*]}")
     echo "- Response sizes: ${joined//;/; }"
-    echo "- Medians of $REPEAT run(s) of $DURATION each. CPU us/req = server utime+stime delta (/proc/PID/stat; nginx: master+worker) / requests completed. Ratio = coreloop CPU us/req / nginx CPU us/req (lower is better)."
+    if ((${#SETUP_NOTES[@]})); then
+        joined=$(IFS=';'; echo "${SETUP_NOTES[*]}")
+        echo "- Backend setup (one start at --log-level info): ${joined//;/; }"
+    fi
+    echo "- Medians of $REPEAT run(s) of $DURATION each. CPU us/req = server utime+stime delta (/proc/PID/stat, all threads; nginx: master+worker) / requests completed. Ratio to nginx = coreloop CPU us/req / nginx CPU us/req of the medians (lower is better)$( ((HAVE_UE)) && echo "; ratio uring/epoll = coreloop (uring) CPU us/req / coreloop (epoll) CPU us/req")."
     echo
-    echo "| workload | server | req/s | p50 | p99 | CPU us/req | ratio to nginx |"
-    echo "|---|---|---:|---:|---:|---:|---:|"
-    local wl srv key rps p50 p99 cpu ncpu ratio c
+    if ((HAVE_UE)); then
+        echo "| workload | server | req/s | p50 | p99 | CPU us/req | ratio to nginx | ratio uring/epoll |"
+        echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    else
+        echo "| workload | server | req/s | p50 | p99 | CPU us/req | ratio to nginx |"
+        echo "|---|---|---:|---:|---:|---:|---:|"
+    fi
+    local wl srv key rps p50 p99 cpu ncpu ecpu ratio ue c
     for wl in $WORKLOADS; do
         ncpu=""
         [[ -n ${CPU[$wl|nginx]:-} ]] && { read -r -a v <<<"${CPU[$wl|nginx]}"; ncpu=$(median "${v[@]}"); }
+        ecpu=""
+        [[ -n ${CPU[$wl|coreloop-epoll]:-} ]] && { read -r -a v <<<"${CPU[$wl|coreloop-epoll]}"; ecpu=$(median "${v[@]}"); }
         for srv in "${SERVERS[@]}"; do
             key="$wl|$srv"
             if [[ -z ${RPS[$key]:-} ]]; then
-                echo "| $(wl_name "$wl") | ${LABEL[$srv]} | failed | | | | |"
+                echo "| $(wl_name "$wl") | ${LABEL[$srv]} | failed | | | | |$( ((HAVE_UE)) && echo ' |')"
                 continue
             fi
             read -r -a v <<<"${RPS[$key]}"; rps=$(median "${v[@]}")
@@ -788,12 +1061,20 @@ report() {
             else
                 ratio="n/a"
             fi
-            printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$(wl_name "$wl")" "${LABEL[$srv]}" \
+            ue=""
+            if ((HAVE_UE)); then
+                ue=" |"
+                if [[ $srv == coreloop-uring && -n $ecpu ]]; then
+                    ue=" $(awk -v a="$cpu" -v b="$ecpu" 'BEGIN {printf "%.2fx", a / b}') |"
+                fi
+            fi
+            printf '| %s | %s | %s | %s | %s | %s | %s |%s\n' "$(wl_name "$wl")" "${LABEL[$srv]}" \
                 "$(awk -v r="$rps" 'BEGIN {printf "%.0f", r}')" "$p50" "$p99" \
-                "$(awk -v c="$cpu" 'BEGIN {printf "%.2f", c}')" "$ratio"
+                "$(awk -v c="$cpu" 'BEGIN {printf "%.2f", c}')" "$ratio" "$ue"
         done
     done
     echo
+    paired_report
     local all_foreign=""
     for key in "${!FOREIGN[@]}"; do all_foreign+="${FOREIGN[$key]}"; done
     if [[ -n $all_foreign ]]; then
@@ -825,6 +1106,9 @@ report() {
     if [[ $SYSCALLS == 1 ]]; then
         syscall_report
     fi
+    if [[ $PERFSTAT == 1 ]]; then
+        perfstat_report
+    fi
     if ((${#EXIT_NOTES[@]})); then
         joined=$(IFS=';'; echo "${EXIT_NOTES[*]}")
         echo "Shutdown: ${joined//;/; }."
@@ -842,7 +1126,7 @@ report() {
     local f
     for f in "$RAW_DIR"/*.log; do
         [[ -s $f ]] || continue
-        case $f in */idle-*) continue ;; esac
+        case $f in */idle-* | */setup-*) continue ;; esac
         echo "Server output in $(basename "$f") (distinct lines, last 20):"
         echo
         echo '```'
