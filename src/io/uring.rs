@@ -342,16 +342,7 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
         draining_from: 0,
     };
     lp.arm_accept();
-    lp.push(
-        opcode::PollAdd::new(types::Fd(lp.wake.0.as_raw_fd()), libc::POLLIN as u32)
-            .multi(true)
-            .build(),
-        UserData {
-            op: Op::Wake,
-            gen: 0,
-            key: 0,
-        },
-    )?;
+    lp.arm_wake();
     let report = lp.run();
     lp.teardown();
     report
@@ -473,10 +464,34 @@ impl<H: Handler> Loop<H> {
                 Op::Recv => self.on_recv(ud, res, flags),
                 Op::Send => self.on_send(ud, res),
                 Op::Cancel | Op::Shutdown => self.op_done(ud),
-                Op::Wake => self.wake.clear(),
+                Op::Wake => self.on_wake(flags),
             }
         }
         self.cqes = cqes;
+    }
+
+    /// The shutdown eventfd fired. A multishot poll the kernel ended (CQ
+    /// overflow) is armed again, or an idle core could miss the signal.
+    fn on_wake(&mut self, flags: u32) {
+        self.wake.clear();
+        if !cqueue::more(flags) && self.drain_deadline.is_none() {
+            self.arm_wake();
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let poll = opcode::PollAdd::new(types::Fd(self.wake.0.as_raw_fd()), libc::POLLIN as u32)
+            .multi(true);
+        if let Err(e) = self.push(
+            poll.build(),
+            UserData {
+                op: Op::Wake,
+                gen: 0,
+                key: 0,
+            },
+        ) {
+            log::error!("core {}: arming the shutdown wake-up: {e}", self.id);
+        }
     }
 
     fn arm_accept(&mut self) {
