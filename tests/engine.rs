@@ -700,15 +700,7 @@ fn output_backpressure_stops_processing_until_drained() {
         ..Limits::default()
     };
     let mut h = Harness::with_limits(limits.clone());
-    let mut ctx = coreloop::http::Ctx {
-        now: h.now,
-        date: &h.date,
-        limits: &limits,
-        pool: &mut h.pool,
-        stats: &h.stats,
-        handler: &mut h.router,
-    };
-    h.conn.handle_input(&NEXT.repeat(50), &mut ctx);
+    h.input(&NEXT.repeat(50));
     let pending = h.conn.poll_transmit().len();
     assert!(
         (300..600).contains(&pending),
@@ -791,19 +783,9 @@ fn body_deadline_is_progress_based() {
 fn write_deadline_closes_a_peer_that_never_reads() {
     let limits = Limits::default();
     let mut h = Harness::with_limits(limits.clone());
-    let mut ctx = coreloop::http::Ctx {
-        now: h.now,
-        date: &h.date,
-        limits: &limits,
-        pool: &mut h.pool,
-        stats: &h.stats,
-        handler: &mut h.router,
-    };
-    h.conn.handle_input(NEXT, &mut ctx);
+    h.input(NEXT);
     assert!(!h.conn.poll_transmit().is_empty());
-    let now = h.now + limits.write_timeout;
-    ctx.now = now;
-    h.conn.handle_timeout(&mut ctx);
+    h.expire(limits.write_timeout);
     assert!(h.conn.is_done(), "closed with output still pending");
 }
 
@@ -862,28 +844,20 @@ fn limits_are_configurable() {
 fn taken_output_stays_pending_until_acknowledged() {
     let limits = Limits::default();
     let mut h = Harness::with_limits(limits.clone());
-    let mut ctx = coreloop::http::Ctx {
-        now: h.now,
-        date: &h.date,
-        limits: &limits,
-        pool: &mut h.pool,
-        stats: &h.stats,
-        handler: &mut h.router,
-    };
-    h.conn.handle_input(NEXT, &mut ctx);
+    h.input(NEXT);
     let first = h.conn.take_transmit().expect("output to send");
     assert!(
         h.conn.take_transmit().is_none(),
         "one buffer in flight at a time"
     );
     assert!(!h.conn.is_idle(), "taken bytes are still pending");
-    h.conn.handle_input(NEXT, &mut ctx);
-    h.conn.on_sent(first.len(), h.now, &limits, &mut h.pool);
+    h.input(NEXT);
+    h.ack(first.len());
     let second = h.conn.take_transmit().expect("the pipelined response");
     let wire = [first, second.clone()].concat();
     let parsed = common::parse_responses(&wire).unwrap();
     assert_eq!(parsed.len(), 2);
-    h.conn.on_sent(second.len(), h.now, &limits, &mut h.pool);
+    h.ack(second.len());
     assert!(h.conn.is_idle());
 }
 
@@ -891,16 +865,7 @@ fn taken_output_stays_pending_until_acknowledged() {
 fn abort_drops_output_and_closes_without_lingering() {
     let limits = Limits::default();
     let mut h = Harness::with_limits(limits.clone());
-    let mut ctx = coreloop::http::Ctx {
-        now: h.now,
-        date: &h.date,
-        limits: &limits,
-        pool: &mut h.pool,
-        stats: &h.stats,
-        handler: &mut h.router,
-    };
-    h.conn
-        .handle_input(b"GET /nope HTTP/1.1\r\n\r\nmore", &mut ctx);
+    h.input(b"GET /nope HTTP/1.1\r\n\r\nmore");
     assert!(h.conn.lingers(), "a rejection with bytes behind it lingers");
     h.conn.handle_abort();
     assert!(h.conn.is_done());

@@ -20,11 +20,9 @@ use nix::libc;
 use slab::Slab;
 
 use super::wheel::Wheel;
-use super::{Core, CoreReport};
+use super::{Core, CoreReport, Env};
 use crate::handler::Handler;
-use crate::http::{Conn, Ctx, DateCache, Limits};
-use crate::metrics::CoreStats;
-use crate::pool::BufPool;
+use crate::http::Conn;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -48,28 +46,6 @@ struct Entry {
     unread: bool,
     /// Write side shut; reading and dropping until EOF or this deadline.
     linger_until: Option<Instant>,
-}
-
-/// The per-core state a `Conn` call borrows.
-struct Env<H> {
-    date: DateCache,
-    limits: Limits,
-    pool: BufPool,
-    stats: Arc<crossbeam_utils::CachePadded<CoreStats>>,
-    handler: H,
-}
-
-impl<H: Handler> Env<H> {
-    fn ctx(&mut self, now: Instant) -> Ctx<'_, H> {
-        Ctx {
-            now,
-            date: &self.date,
-            limits: &self.limits,
-            pool: &mut self.pool,
-            stats: &self.stats,
-            handler: &mut self.handler,
-        }
-    }
 }
 
 /// Why accept is paused.
@@ -122,13 +98,7 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
         scratch: vec![0; config.read_buffer],
         ready: Vec::new(),
         due: Vec::new(),
-        env: Env {
-            date: DateCache::new(SystemTime::now()),
-            limits: config.limits.clone(),
-            pool: BufPool::default(),
-            stats: core.stats,
-            handler,
-        },
+        env: Env::new(config, core.stats, handler),
         now,
         next_gen: 0,
         paused: Paused::No,
@@ -204,6 +174,10 @@ impl<H: Handler> Loop<H> {
     }
 
     fn accept(&mut self) {
+        // Connections known to wait: the event promises one; when they run
+        // out, the queue length is asked (one getsockopt per batch) instead
+        // of paying for an accept that fails with EAGAIN.
+        let mut waiting = 1;
         loop {
             if self.conns.len() >= self.max_conns {
                 self.pause(Paused::Full);
@@ -216,11 +190,14 @@ impl<H: Handler> Loop<H> {
                 Ok((stream, _)) => {
                     let fd = listener.as_raw_fd();
                     self.add(stream);
-                    // Stop while the queue is empty instead of paying for
-                    // an accept that fails; a later arrival is a new edge.
-                    if super::sys::accept_queue_len(fd) == Some(0) {
-                        self.paused = Paused::No;
-                        return;
+                    waiting -= 1;
+                    if waiting == 0 {
+                        // An arrival after this check is a new edge.
+                        waiting = super::sys::accept_queue_len(fd).unwrap_or(1);
+                        if waiting == 0 {
+                            self.paused = Paused::No;
+                            return;
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -234,9 +211,7 @@ impl<H: Handler> Loop<H> {
                     ) =>
                 {
                     self.pause(Paused::NoFiles(self.now + ACCEPT_RETRY));
-                    if self.paused != Paused::No {
-                        log::debug!("core {}: accept: {e}", self.id);
-                    }
+                    log::debug!("core {}: accept: {e}", self.id);
                     return;
                 }
                 Err(e)

@@ -21,11 +21,15 @@ pub mod wheel;
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use crossbeam_utils::CachePadded;
 
 use crate::config::Config;
+use crate::handler::Handler;
+use crate::http::{Ctx, DateCache, Limits};
 use crate::metrics::CoreStats;
+use crate::pool::BufPool;
 use crate::shutdown::Shutdown;
 
 /// Everything one core's loop starts with.
@@ -54,4 +58,36 @@ pub struct CoreReport {
     pub drained: usize,
     /// Connections closed by force at the drain deadline.
     pub forced: usize,
+}
+
+/// The per-core state every `Conn` call borrows, the same in both backends.
+struct Env<H> {
+    date: DateCache,
+    limits: Limits,
+    pool: BufPool,
+    stats: Arc<CachePadded<CoreStats>>,
+    handler: H,
+}
+
+impl<H: Handler> Env<H> {
+    fn new(config: &Config, stats: Arc<CachePadded<CoreStats>>, handler: H) -> Env<H> {
+        Env {
+            date: DateCache::new(SystemTime::now()),
+            limits: config.limits.clone(),
+            pool: BufPool::default(),
+            stats,
+            handler,
+        }
+    }
+
+    fn ctx(&mut self, now: Instant) -> Ctx<'_, H> {
+        Ctx {
+            now,
+            date: &self.date,
+            limits: &self.limits,
+            pool: &mut self.pool,
+            stats: &self.stats,
+            handler: &mut self.handler,
+        }
+    }
 }

@@ -33,12 +33,10 @@ use slab::Slab;
 
 use super::buf_ring::BufRing;
 use super::wheel::Wheel;
-use super::{Core, CoreReport};
+use super::{Core, CoreReport, Env};
 use crate::config::Config;
 use crate::handler::Handler;
-use crate::http::{Conn, Ctx, DateCache, Limits};
-use crate::metrics::CoreStats;
-use crate::pool::BufPool;
+use crate::http::Conn;
 use crate::shutdown::Wake;
 
 /// How long accept stays paused after EMFILE/ENFILE before it is re-armed.
@@ -65,7 +63,15 @@ struct UserData {
     key: usize,
 }
 
+/// The key of core-wide operations' cancels: no slab slot has it.
+const NO_SLOT: usize = 0xffff_ffff;
+
 impl UserData {
+    /// A core-wide operation: the accept or the wake-up poll.
+    fn core(op: Op) -> UserData {
+        UserData { op, gen: 0, key: 0 }
+    }
+
     fn encode(self) -> u64 {
         (self.op as u64) << 56
             | u64::from(self.gen & 0xff_ffff) << 32
@@ -244,27 +250,6 @@ struct Entry {
     dirty: bool,
 }
 
-struct Env<H> {
-    date: DateCache,
-    limits: Limits,
-    pool: BufPool,
-    stats: Arc<crossbeam_utils::CachePadded<CoreStats>>,
-    handler: H,
-}
-
-impl<H: Handler> Env<H> {
-    fn ctx(&mut self, now: Instant) -> Ctx<'_, H> {
-        Ctx {
-            now,
-            date: &self.date,
-            limits: &self.limits,
-            pool: &mut self.pool,
-            stats: &self.stats,
-            handler: &mut self.handler,
-        }
-    }
-}
-
 struct Loop<H> {
     id: usize,
     // Field order is drop order: the ring goes before the buffers it uses.
@@ -324,13 +309,7 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
         dirty: Vec::new(),
         due: Vec::new(),
         cqes: Vec::with_capacity(config.ring_entries as usize * 4),
-        env: Env {
-            date: DateCache::new(SystemTime::now()),
-            limits: config.limits.clone(),
-            pool: BufPool::default(),
-            stats: core.stats,
-            handler,
-        },
+        env: Env::new(&config, core.stats, handler),
         now,
         next_gen: 0,
         max_conns: config.max_conns,
@@ -431,6 +410,31 @@ impl<H: Handler> Loop<H> {
         }
     }
 
+    /// Cancels a core-wide operation (the accept, the wake-up poll).
+    fn cancel_core(&mut self, op: Op) {
+        let cancel = opcode::AsyncCancel::new(UserData::core(op).encode()).build();
+        let ud = UserData {
+            op: Op::Cancel,
+            gen: 0,
+            key: NO_SLOT,
+        };
+        if let Err(e) = self.push(cancel, ud) {
+            log::error!("core {}: cancelling {op:?}: {e}", self.id);
+        }
+    }
+
+    /// Cancels slot `key`'s operation `op` (counted against the slot).
+    fn cancel_slot(&mut self, key: usize, op: Op) {
+        let Some(e) = self.conns.get(key) else { return };
+        let target = UserData {
+            op,
+            gen: e.gen,
+            key,
+        }
+        .encode();
+        self.push_for(key, Op::Cancel, opcode::AsyncCancel::new(target).build());
+    }
+
     /// Queues an SQE that names slot `key`, counting it against the slot.
     fn push_for(&mut self, key: usize, op: Op, entry: squeue::Entry) {
         let Some(e) = self.conns.get_mut(key) else {
@@ -482,14 +486,7 @@ impl<H: Handler> Loop<H> {
     fn arm_wake(&mut self) {
         let poll = opcode::PollAdd::new(types::Fd(self.wake.0.as_raw_fd()), libc::POLLIN as u32)
             .multi(true);
-        if let Err(e) = self.push(
-            poll.build(),
-            UserData {
-                op: Op::Wake,
-                gen: 0,
-                key: 0,
-            },
-        ) {
+        if let Err(e) = self.push(poll.build(), UserData::core(Op::Wake)) {
             log::error!("core {}: arming the shutdown wake-up: {e}", self.id);
         }
     }
@@ -506,17 +503,7 @@ impl<H: Handler> Loop<H> {
         let sqe = opcode::AcceptMulti::new(types::Fd(fd))
             .flags(libc::SOCK_CLOEXEC)
             .build();
-        if self
-            .push(
-                sqe,
-                UserData {
-                    op: Op::Accept,
-                    gen: 0,
-                    key: 0,
-                },
-            )
-            .is_ok()
-        {
+        if self.push(sqe, UserData::core(Op::Accept)).is_ok() {
             self.accept_armed = true;
         }
     }
@@ -563,22 +550,7 @@ impl<H: Handler> Loop<H> {
                     self.id,
                     self.conns.len()
                 );
-                let _ = self.push(
-                    opcode::AsyncCancel::new(
-                        UserData {
-                            op: Op::Accept,
-                            gen: 0,
-                            key: 0,
-                        }
-                        .encode(),
-                    )
-                    .build(),
-                    UserData {
-                        op: Op::Cancel,
-                        gen: 0,
-                        key: usize::MAX >> 32,
-                    },
-                );
+                self.cancel_core(Op::Accept);
             }
         } else if !self.accept_armed && self.accept_retry.is_none() {
             self.arm_accept();
@@ -788,13 +760,7 @@ impl<H: Handler> Loop<H> {
         } else if e.recv_armed && !e.recv_cancelled {
             // Too much unsent output: stop receiving until the peer reads.
             e.recv_cancelled = true;
-            let target = UserData {
-                op: Op::Recv,
-                gen: e.gen,
-                key,
-            }
-            .encode();
-            self.push_for(key, Op::Cancel, opcode::AsyncCancel::new(target).build());
+            self.cancel_slot(key, Op::Recv);
         }
         self.arm(key);
     }
@@ -807,27 +773,14 @@ impl<H: Handler> Loop<H> {
         };
         if !e.closing {
             e.closing = true;
-            let gen = e.gen;
             let recv = e.recv_armed && !e.recv_cancelled;
             let send = e.send_inflight;
             if recv {
                 e.recv_cancelled = true;
-                let target = UserData {
-                    op: Op::Recv,
-                    gen,
-                    key,
-                }
-                .encode();
-                self.push_for(key, Op::Cancel, opcode::AsyncCancel::new(target).build());
+                self.cancel_slot(key, Op::Recv);
             }
             if send {
-                let target = UserData {
-                    op: Op::Send,
-                    gen,
-                    key,
-                }
-                .encode();
-                self.push_for(key, Op::Cancel, opcode::AsyncCancel::new(target).build());
+                self.cancel_slot(key, Op::Send);
             }
         }
         self.try_release(key);
@@ -896,20 +849,7 @@ impl<H: Handler> Loop<H> {
         self.drain_deadline = Some(self.now + self.shutdown_timeout);
         self.drain_sweep = true;
         if self.accept_armed {
-            let target = UserData {
-                op: Op::Accept,
-                gen: 0,
-                key: 0,
-            }
-            .encode();
-            let _ = self.push(
-                opcode::AsyncCancel::new(target).build(),
-                UserData {
-                    op: Op::Cancel,
-                    gen: 0,
-                    key: usize::MAX >> 32,
-                },
-            );
+            self.cancel_core(Op::Accept);
         }
         self.draining_from = self.conns.len();
         for (_, e) in self.conns.iter_mut() {
@@ -950,35 +890,9 @@ impl<H: Handler> Loop<H> {
             self.begin_close(key);
         }
         if self.accept_armed {
-            let target = UserData {
-                op: Op::Accept,
-                gen: 0,
-                key: 0,
-            }
-            .encode();
-            let _ = self.push(
-                opcode::AsyncCancel::new(target).build(),
-                UserData {
-                    op: Op::Cancel,
-                    gen: 0,
-                    key: usize::MAX >> 32,
-                },
-            );
+            self.cancel_core(Op::Accept);
         }
-        let target = UserData {
-            op: Op::Wake,
-            gen: 0,
-            key: 0,
-        }
-        .encode();
-        let _ = self.push(
-            opcode::AsyncCancel::new(target).build(),
-            UserData {
-                op: Op::Cancel,
-                gen: 0,
-                key: usize::MAX >> 32,
-            },
-        );
+        self.cancel_core(Op::Wake);
         let give_up = Instant::now() + Duration::from_secs(2);
         while (!self.conns.is_empty() || self.accept_armed) && Instant::now() < give_up {
             let ts = types::Timespec::from(Duration::from_millis(10));

@@ -76,9 +76,9 @@ impl Harness {
         }
     }
 
-    /// Feeds `data` and collects (and acknowledges) whatever is to be sent.
-    pub fn feed(&mut self, data: &[u8]) {
-        let mut ctx = Ctx {
+    /// The connection and a context over the harness's core state.
+    pub fn split(&mut self) -> (&mut Conn, Ctx<'_, Router>) {
+        let ctx = Ctx {
             now: self.now,
             date: &self.date,
             limits: &self.limits,
@@ -86,7 +86,23 @@ impl Harness {
             stats: &self.stats,
             handler: &mut self.router,
         };
-        self.conn.handle_input(data, &mut ctx);
+        (&mut self.conn, ctx)
+    }
+
+    /// Feeds `data` without sending anything.
+    pub fn input(&mut self, data: &[u8]) {
+        let (conn, mut ctx) = self.split();
+        conn.handle_input(data, &mut ctx);
+    }
+
+    /// Acknowledges `n` sent bytes; true when processing should resume.
+    pub fn ack(&mut self, n: usize) -> bool {
+        self.conn.on_sent(n, self.now, &self.limits, &mut self.pool)
+    }
+
+    /// Feeds `data` and collects (and acknowledges) whatever is to be sent.
+    pub fn feed(&mut self, data: &[u8]) {
+        self.input(data);
         self.flush();
     }
 
@@ -98,34 +114,22 @@ impl Harness {
                 return;
             }
             self.wire.extend_from_slice(out);
-            let n = out.len();
-            let resume = self.conn.on_sent(n, self.now, &self.limits, &mut self.pool);
-            if resume {
-                let mut ctx = Ctx {
-                    now: self.now,
-                    date: &self.date,
-                    limits: &self.limits,
-                    pool: &mut self.pool,
-                    stats: &self.stats,
-                    handler: &mut self.router,
-                };
-                self.conn.handle_input(&[], &mut ctx);
+            if self.ack(out.len()) {
+                self.input(&[]);
             }
         }
     }
 
-    /// Moves the clock and fires due deadlines.
-    pub fn advance(&mut self, by: Duration) {
+    /// Moves the clock and fires due deadlines, without sending.
+    pub fn expire(&mut self, by: Duration) {
         self.now += by;
-        let mut ctx = Ctx {
-            now: self.now,
-            date: &self.date,
-            limits: &self.limits,
-            pool: &mut self.pool,
-            stats: &self.stats,
-            handler: &mut self.router,
-        };
-        self.conn.handle_timeout(&mut ctx);
+        let (conn, mut ctx) = self.split();
+        conn.handle_timeout(&mut ctx);
+    }
+
+    /// Moves the clock, fires due deadlines and sends what they produced.
+    pub fn advance(&mut self, by: Duration) {
+        self.expire(by);
         self.flush();
     }
 
@@ -163,6 +167,38 @@ impl Parsed {
     }
 }
 
+/// Reads a response head (status line and fields, no body) at the start of
+/// `buf`: `Ok(None)` while it is incomplete, else the response and the
+/// head's length.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Parsed, usize)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut res = httparse::Response::new(&mut headers);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad head {e}: {:?}", String::from_utf8_lossy(buf))),
+    };
+    let headers = res
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let status = res.code.ok_or("no status")?;
+    Ok(Some((
+        Parsed {
+            status,
+            headers,
+            body: Vec::new(),
+        },
+        len,
+    )))
+}
+
 /// Splits server output into responses, checking the framing of each:
 /// exactly one Content-Length except on 1xx/204/304, Date and Server on
 /// every final response, and no bytes left over. `head_requests` is not
@@ -170,34 +206,13 @@ impl Parsed {
 pub fn parse_responses(mut wire: &[u8]) -> Result<Vec<Parsed>, String> {
     let mut out = Vec::new();
     while !wire.is_empty() {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut res = httparse::Response::new(&mut headers);
-        let len = match res.parse(wire) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => {
-                return Err(format!(
-                    "truncated head: {:?}",
-                    String::from_utf8_lossy(wire)
-                ))
-            }
-            Err(e) => return Err(format!("bad head {e}: {:?}", String::from_utf8_lossy(wire))),
+        let Some((mut parsed, len)) = parse_head(wire)? else {
+            return Err(format!(
+                "truncated head: {:?}",
+                String::from_utf8_lossy(wire)
+            ));
         };
-        let status = res.code.ok_or("no status")?;
-        let headers: Vec<(String, String)> = res
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        let mut parsed = Parsed {
-            status,
-            headers,
-            body: Vec::new(),
-        };
+        let status = parsed.status;
         wire = &wire[len..];
         if (100..200).contains(&status) {
             continue;
@@ -231,33 +246,6 @@ pub fn parse_responses(mut wire: &[u8]) -> Result<Vec<Parsed>, String> {
         out.push(parsed);
     }
     Ok(out)
-}
-
-/// Like `parse_responses`, for output that answers HEAD requests: bodies
-/// are not expected after the given response indexes.
-pub fn parse_head_responses(wire: &[u8]) -> Result<Vec<Parsed>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut res = httparse::Response::new(&mut headers);
-    match res.parse(wire) {
-        Ok(httparse::Status::Complete(len)) => {
-            let parsed = Parsed {
-                status: res.code.unwrap_or(0),
-                headers: res
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect(),
-                body: wire[len..].to_vec(),
-            };
-            Ok(vec![parsed])
-        }
-        other => Err(format!("{other:?}")),
-    }
 }
 
 /// A small deterministic generator for split points (no extra crate).

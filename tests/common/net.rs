@@ -119,17 +119,8 @@ impl Client {
 
     /// Reads one response (Content-Length framed; no body for 204/304).
     pub fn read_response(&mut self) -> io::Result<Parsed> {
-        self.read_response_to(false)
-    }
-
-    /// Reads one response to a HEAD request.
-    pub fn read_head_response(&mut self) -> io::Result<Parsed> {
-        self.read_response_to(true)
-    }
-
-    fn read_response_to(&mut self, head: bool) -> io::Result<Parsed> {
         loop {
-            if let Some((parsed, used)) = try_parse(&self.buf, head)? {
+            if let Some((parsed, used)) = try_parse(&self.buf)? {
                 self.buf.drain(..used);
                 if (100..200).contains(&parsed.status) {
                     continue;
@@ -171,37 +162,19 @@ impl Client {
     }
 }
 
-fn try_parse(buf: &[u8], head_only: bool) -> io::Result<Option<(Parsed, usize)>> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut res = httparse::Response::new(&mut headers);
-    let len = match res.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+fn try_parse(buf: &[u8]) -> io::Result<Option<(Parsed, usize)>> {
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+    let Some((mut parsed, len)) = super::parse_head(buf).map_err(invalid)? else {
+        return Ok(None);
     };
-    let status = res.code.unwrap_or(0);
-    let headers: Vec<(String, String)> = res
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    let mut parsed = Parsed {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    let body_len = if head_only || (100..200).contains(&status) || status == 204 || status == 304 {
+    let status = parsed.status;
+    let body_len = if (100..200).contains(&status) || status == 204 || status == 304 {
         0
     } else {
         parsed
             .header("content-length")
             .and_then(|v| v.parse::<usize>().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Content-Length"))?
+            .ok_or_else(|| invalid("no Content-Length".into()))?
     };
     if buf.len() < len + body_len {
         return Ok(None);
