@@ -2,15 +2,17 @@
 //! one line and exits 2 (clap's convention, kept for our own checks too).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
 use crate::config::{Backend, Config};
+use crate::handler::{self, FilesConfig, SiteConfig};
 use crate::http::Limits;
 use crate::server::{Error, Server};
-use crate::{logging, topology, Router};
+use crate::{logging, topology};
 
 /// A thread-per-core HTTP/1.1 server.
 #[derive(Parser, Debug)]
@@ -88,6 +90,30 @@ pub struct Args {
     /// io_uring: pin the SQPOLL thread to this CPU.
     #[arg(long)]
     sqpoll_cpu: Option<u32>,
+    /// Directory whose files answer GET and HEAD for paths no route claims.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    root: PathBuf,
+    /// Do not serve static files (other paths answer 404).
+    #[arg(long, conflicts_with_all = ["serve_hidden", "dir_listing"])]
+    no_files: bool,
+    /// Serve dotfiles and dot-directories (.git, .env); 404 by default.
+    #[arg(long)]
+    serve_hidden: bool,
+    /// Answer a directory without index.html with an HTML listing.
+    #[arg(long)]
+    dir_listing: bool,
+    /// Open files cached per core (revalidated every second); 0 disables.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    file_cache: usize,
+    /// Path of the Prometheus metrics endpoint.
+    #[arg(long, value_name = "PATH", default_value = "/metrics")]
+    metrics_path: String,
+    /// Do not serve metrics.
+    #[arg(long, conflicts_with = "metrics_path")]
+    no_metrics: bool,
+    /// Print per-core req/s, open connections and errors every SECS seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    stats: Option<Duration>,
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
@@ -156,9 +182,25 @@ impl Args {
             sqpoll: self.sqpoll,
             sqpoll_cpu: self.sqpoll_cpu,
             handle_signals: true,
+            stats_interval: self.stats,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// What the binary serves besides the built-in routes.
+    pub fn site(&self) -> Result<SiteConfig, String> {
+        let site = SiteConfig {
+            files: (!self.no_files).then(|| FilesConfig {
+                root: self.root.clone(),
+                serve_hidden: self.serve_hidden,
+                dir_listing: self.dir_listing,
+                cache_entries: self.file_cache,
+            }),
+            metrics_path: (!self.no_metrics).then(|| self.metrics_path.clone()),
+        };
+        site.validate()?;
+        Ok(site)
     }
 
     fn log_level(&self) -> log::LevelFilter {
@@ -177,16 +219,17 @@ impl Args {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     logging::init(args.log_level());
-    let config = match args.config() {
-        Ok(config) => config,
+    let (config, site) = match args.config().and_then(|c| Ok((c, args.site()?))) {
+        Ok(both) => both,
         Err(msg) => {
             eprintln!("coreloop: error: {msg}");
             return ExitCode::from(2);
         }
     };
-    let result = Server::new(config)
-        .bind()
-        .and_then(|bound| bound.serve(|_core| Router::builtins()));
+    let result = Server::new(config).bind().and_then(|bound| {
+        let (stats, backend) = (bound.stats(), bound.backend());
+        bound.serve(move |_core| handler::site(&site, stats.clone(), backend))
+    });
     match result {
         Ok(report) => {
             let (drained, forced) = report

@@ -88,6 +88,10 @@ pub struct Config {
     /// that handles signals itself turns it off and calls
     /// `Shutdown::trigger`.
     pub handle_signals: bool,
+    /// Print one line of per-core figures (req/s, open connections, new
+    /// errors) to stdout at this interval. Default off; for watching a
+    /// tuning knob take effect live.
+    pub stats_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -111,6 +115,7 @@ impl Default for Config {
             sqpoll: None,
             sqpoll_cpu: None,
             handle_signals: true,
+            stats_interval: None,
         }
     }
 }
@@ -164,6 +169,12 @@ impl Config {
         }
         if self.sqpoll_cpu.is_some() && self.sqpoll.is_none() {
             return Err("--sqpoll-cpu needs --sqpoll".into());
+        }
+        if self
+            .stats_interval
+            .is_some_and(|i| i < Duration::from_millis(100))
+        {
+            return Err("--stats interval must be at least 100ms".into());
         }
         if self.linger_timeout.is_zero() {
             return Err("--linger-timeout must be above 0".into());

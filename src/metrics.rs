@@ -1,10 +1,19 @@
 //! Per-core counters. Each core writes only its own `CoreStats` (plain
 //! load + store, no locked instruction); anyone may read them with Relaxed
-//! loads and sum across cores.
+//! loads and sum across cores: the Prometheus text (`prometheus`) and the
+//! periodic stats line (`StatsLine`) are both such readers.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
 
 use crate::http::Reject;
+
+/// Every core's counters, in core order, as the server hands them out.
+pub type AllStats = [Arc<CachePadded<CoreStats>>];
 
 /// A counter with a single writer.
 #[derive(Debug, Default)]
@@ -96,6 +105,8 @@ pub struct CoreStats {
     pub poll_wakeups: Counter,
     /// io_uring: io_uring_enter calls (submit and wait).
     pub ring_enters: Counter,
+    /// io_uring: submission queue entries queued.
+    pub ring_submissions: Counter,
     /// io_uring: completions reaped.
     pub ring_completions: Counter,
     /// io_uring: receives that found the buffer ring empty.
@@ -108,5 +119,208 @@ impl CoreStats {
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.responses[class].inc();
+    }
+
+    /// Requests refused by the parser plus 5xx answers: what the stats
+    /// line calls errors.
+    pub fn errors(&self) -> u64 {
+        let rejects: u64 = self.rejects.iter().map(Counter::get).sum();
+        rejects + self.responses[4].get()
+    }
+}
+
+/// One metric family: name, type, help, and each core's value(s).
+struct Family<'a> {
+    out: &'a mut String,
+    name: &'static str,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+        let _ = writeln!(
+            out,
+            "# HELP coreloop_{name} {help}\n# TYPE coreloop_{name} {kind}"
+        );
+        Family { out, name }
+    }
+
+    fn sample(&mut self, core: usize, label: Option<(&str, &str)>, value: u64) {
+        let name = self.name;
+        let _ = match label {
+            Some((k, v)) => writeln!(
+                self.out,
+                "coreloop_{name}{{core=\"{core}\",{k}=\"{v}\"}} {value}"
+            ),
+            None => writeln!(self.out, "coreloop_{name}{{core=\"{core}\"}} {value}"),
+        };
+    }
+}
+
+/// Appends every core's counters to `out` in the Prometheus text format
+/// (version 0.0.4), one sample per core with a `core` label; sum across
+/// cores in the query. `backend` is `epoll` or `uring`.
+pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP coreloop_backend_info The event-loop backend the cores run.\n\
+         # TYPE coreloop_backend_info gauge\ncoreloop_backend_info{{backend=\"{backend}\"}} 1"
+    );
+    type Get = fn(&CoreStats) -> u64;
+    let simple: [(&str, &str, &str, Get); 11] = [
+        (
+            "connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            |s| s.accepted.get(),
+        ),
+        (
+            "connections_closed_total",
+            "counter",
+            "Connections closed.",
+            |s| s.closed.get(),
+        ),
+        (
+            "connections_active",
+            "gauge",
+            "Connections open now.",
+            |s| s.active.get(),
+        ),
+        (
+            "requests_total",
+            "counter",
+            "Requests answered by a handler.",
+            |s| s.requests.get(),
+        ),
+        (
+            "received_bytes_total",
+            "counter",
+            "Bytes received from clients.",
+            |s| s.bytes_in.get(),
+        ),
+        (
+            "sent_bytes_total",
+            "counter",
+            "Bytes sent to clients.",
+            |s| s.bytes_out.get(),
+        ),
+        (
+            "handler_panics_total",
+            "counter",
+            "Handlers that panicked (answered 500).",
+            |s| s.panics.get(),
+        ),
+        (
+            "poll_wakeups_total",
+            "counter",
+            "epoll: returns from epoll_wait.",
+            |s| s.poll_wakeups.get(),
+        ),
+        (
+            "ring_enters_total",
+            "counter",
+            "io_uring: io_uring_enter calls.",
+            |s| s.ring_enters.get(),
+        ),
+        (
+            "ring_submissions_total",
+            "counter",
+            "io_uring: submission queue entries queued.",
+            |s| s.ring_submissions.get(),
+        ),
+        (
+            "ring_completions_total",
+            "counter",
+            "io_uring: completions reaped.",
+            |s| s.ring_completions.get(),
+        ),
+    ];
+    for (name, kind, help, get) in simple {
+        let mut family = Family::new(out, name, kind, help);
+        for (core, stats) in cores.iter().enumerate() {
+            family.sample(core, None, get(stats));
+        }
+    }
+    let mut family = Family::new(
+        out,
+        "responses_total",
+        "counter",
+        "Responses by status class.",
+    );
+    for (core, stats) in cores.iter().enumerate() {
+        for (class, label) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            family.sample(core, Some(("class", label)), stats.responses[class].get());
+        }
+    }
+    let mut family = Family::new(
+        out,
+        "parse_errors_total",
+        "counter",
+        "Requests refused by the parser, by rule.",
+    );
+    for (core, stats) in cores.iter().enumerate() {
+        for reject in Reject::ALL {
+            family.sample(
+                core,
+                Some(("kind", reject.name())),
+                stats.rejects[reject.index()].get(),
+            );
+        }
+    }
+    let mut family = Family::new(
+        out,
+        "deadline_expiries_total",
+        "counter",
+        "Deadlines that fired, by kind.",
+    );
+    for (core, stats) in cores.iter().enumerate() {
+        for kind in Deadline::ALL {
+            family.sample(
+                core,
+                Some(("kind", kind.name())),
+                stats.deadlines[kind as usize].get(),
+            );
+        }
+    }
+}
+
+/// `--stats SECS`: one line per interval with each core's request rate,
+/// open connections and new errors, from the difference of two readings.
+#[derive(Debug)]
+pub struct StatsLine {
+    last: Vec<(u64, u64)>,
+}
+
+impl StatsLine {
+    /// Starts from the counters' current values.
+    pub fn new(cores: &AllStats) -> StatsLine {
+        StatsLine {
+            last: cores
+                .iter()
+                .map(|s| (s.requests.get(), s.errors()))
+                .collect(),
+        }
+    }
+
+    /// The line for the `elapsed` since the previous call, e.g.
+    /// `stats: 61234 req/s 64 conns 0 err | core0 30617 req/s 32 conns 0 err | ...`.
+    pub fn next(&mut self, cores: &AllStats, elapsed: Duration) -> String {
+        let secs = elapsed.as_secs_f64().max(1e-3);
+        let mut parts = String::new();
+        let (mut rate, mut conns, mut errs) = (0.0, 0, 0);
+        for (core, (stats, last)) in cores.iter().zip(&mut self.last).enumerate() {
+            let now = (stats.requests.get(), stats.errors());
+            let core_rate = now.0.wrapping_sub(last.0) as f64 / secs;
+            let core_errs = now.1.wrapping_sub(last.1);
+            let active = stats.active.get();
+            *last = now;
+            rate += core_rate;
+            conns += active;
+            errs += core_errs;
+            let _ = write!(
+                parts,
+                " | core{core} {core_rate:.0} req/s {active} conns {core_errs} err"
+            );
+        }
+        format!("stats: {rate:.0} req/s {conns} conns {errs} err{parts}")
     }
 }

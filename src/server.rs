@@ -2,17 +2,18 @@
 //! per core, wait for them, and report how each drained.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
 use crate::config::{Backend, Config};
 use crate::handler::Handler;
 use crate::io::{self as backend, Core, CoreReport};
-use crate::metrics::CoreStats;
+use crate::metrics::{CoreStats, StatsLine};
 use crate::shutdown::Shutdown;
 use crate::{listener, topology};
 
@@ -181,6 +182,7 @@ impl Bound {
                 })?;
         }
         let factory = Arc::new(factory);
+        let stats_all = self.stats.clone();
         let mut threads = Vec::new();
         for (id, ((cpu, listener), stats)) in self.cores.into_iter().zip(self.stats).enumerate() {
             let core = Core {
@@ -203,6 +205,10 @@ impl Bound {
                 })?;
             threads.push(thread);
         }
+        let stats_thread = self
+            .config
+            .stats_interval
+            .map(|every| spawn_stats(every, stats_all, self.shutdown.clone()));
         let mut report = Report::default();
         let mut failure = None;
         for (id, thread) in threads.into_iter().enumerate() {
@@ -226,11 +232,43 @@ impl Bound {
                 }
             }
         }
+        if let Some(Ok(thread)) = stats_thread {
+            let _ = thread.join();
+        }
         match failure {
             Some(e) => Err(e),
             None => Ok(report),
         }
     }
+}
+
+/// The `--stats` printer: one line per interval until shutdown begins.
+fn spawn_stats(
+    every: Duration,
+    stats: Vec<Arc<CachePadded<CoreStats>>>,
+    shutdown: Shutdown,
+) -> io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new()
+        .name("coreloop-stats".into())
+        .spawn(move || {
+            let mut line = StatsLine::new(&stats);
+            let mut last = Instant::now();
+            while !shutdown.is_triggered() {
+                let due = last + every;
+                while Instant::now() < due && !shutdown.is_triggered() {
+                    thread::sleep(Duration::from_millis(50).min(every));
+                }
+                if shutdown.is_triggered() {
+                    break;
+                }
+                let now = Instant::now();
+                let text = line.next(&stats, now - last);
+                last = now;
+                let mut out = io::stdout().lock();
+                let _ = writeln!(out, "{text}");
+                let _ = out.flush();
+            }
+        })
 }
 
 fn run_core<F, H>(

@@ -2,10 +2,14 @@
 //! factory and called on that core only, so it needs no locks and no `Send`.
 
 mod builtin;
+pub mod files;
 mod router;
+mod site;
 
 pub use builtin::{healthz, json, plaintext};
+pub use files::{Files, FilesConfig};
 pub use router::Router;
+pub use site::{metrics, site, SiteConfig};
 
 use crate::http::{Request, Response};
 

@@ -27,7 +27,7 @@ pub struct Router {
 
 /// Methods RFC 9110 defines, plus PATCH (RFC 5789): unknown to the router
 /// means 404, not 501.
-const KNOWN_METHODS: [&str; 9] = [
+pub(crate) const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 

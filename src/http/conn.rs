@@ -6,6 +6,7 @@
 //!   clock (`handle_timeout`) or the process (`handle_shutdown`);
 //! - `on_sent`: the backend reports how many output bytes left;
 //! - `poll_*`: what the backend must do next (`poll_transmit`: bytes to send;
+//!   `poll_file`: a file range to send when no bytes come before it;
 //!   `poll_timeout`: the next deadline);
 //! - getters: `wants_read`, `is_done`, `is_idle`.
 //!
@@ -18,6 +19,7 @@
 //! whole requests; only an incomplete tail is copied into the connection's
 //! own buffer, which comes from the per-core pool and goes back when empty.
 
+use std::collections::VecDeque;
 use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
@@ -28,7 +30,7 @@ use super::limits::Limits;
 use super::parse::{find_head_end, parse_head, Found, Framing, Head, Scan};
 use super::reject::Reject;
 use super::request::Request;
-use super::response::{write_response, Persist, Response};
+use super::response::{sends_body, write_response, Body, FileBody, Persist, Response};
 use crate::handler::Handler;
 use crate::metrics::{CoreStats, Deadline};
 use crate::pool::BufPool;
@@ -76,6 +78,14 @@ enum Phase {
 /// 100 Continue, sent when a client waits for it before sending a body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// Output queued ahead of `Conn::out`: what precedes a file body, and the
+/// file body itself.
+#[derive(Debug)]
+enum Chunk {
+    Bytes(Vec<u8>),
+    File(FileBody),
+}
+
 /// One HTTP/1.1 connection's protocol state.
 #[derive(Debug)]
 pub struct Conn {
@@ -83,7 +93,13 @@ pub struct Conn {
     /// Bytes of the current request that arrived in earlier calls. Starts
     /// at the request's first byte.
     input: Vec<u8>,
-    /// Responses not yet sent; `out[sent..]` is pending.
+    /// Output that goes before `out`; empty unless a file body is queued,
+    /// so the in-memory path never touches it.
+    queue: VecDeque<Chunk>,
+    /// Bytes (file bytes included) in `queue`.
+    queued: u64,
+    /// Responses not yet sent, after `queue`. `sent` counts what went out
+    /// of the first byte chunk: the front of `queue`, else `out`.
     out: Vec<u8>,
     sent: usize,
     /// Bytes moved out by `take_transmit` and not yet acknowledged.
@@ -108,6 +124,8 @@ impl Conn {
         let mut conn = Conn {
             phase: Phase::Head,
             input: Vec::new(),
+            queue: VecDeque::new(),
+            queued: 0,
             out: Vec::new(),
             sent: 0,
             in_flight: 0,
@@ -170,6 +188,8 @@ impl Conn {
     /// at once, without lingering.
     pub fn handle_abort(&mut self) {
         self.phase = Phase::Closed;
+        self.queue.clear();
+        self.queued = 0;
         self.out.clear();
         self.sent = 0;
         self.in_flight = 0;
@@ -207,17 +227,18 @@ impl Conn {
         self.draining = true;
     }
 
-    /// Records that the first `n` bytes of `poll_transmit` were sent.
-    /// Returns true when output had blocked request processing and has now
-    /// drained enough: call `handle_input(&[], ..)` to resume.
+    /// Records that the first `n` bytes of `poll_transmit` (or, when that
+    /// is empty, of `poll_file`) were sent. Returns true when output had
+    /// blocked request processing and has now drained enough: call
+    /// `handle_input(&[], ..)` to resume.
     pub fn on_sent(&mut self, n: usize, now: Instant, limits: &Limits, pool: &mut BufPool) -> bool {
         let was_blocked = self.pending() >= self.max_pending;
         if self.in_flight > 0 {
             self.in_flight -= n.min(self.in_flight);
         } else {
-            self.sent = (self.sent + n).min(self.out.len());
+            self.advance(n, pool);
         }
-        if self.sent == self.out.len() && self.out.capacity() > 0 {
+        if self.queue.is_empty() && self.sent == self.out.len() && self.out.capacity() > 0 {
             self.sent = 0;
             pool.give(mem::take(&mut self.out));
         }
@@ -228,9 +249,23 @@ impl Conn {
         was_blocked && self.pending() < self.max_pending && !self.input.is_empty()
     }
 
-    /// Bytes waiting to be sent, oldest first.
+    /// Bytes waiting to be sent, oldest first. Empty when nothing is
+    /// pending or when a file body comes first (see `poll_file`).
     pub fn poll_transmit(&self) -> &[u8] {
-        &self.out[self.sent..]
+        match self.queue.front() {
+            Some(Chunk::Bytes(b)) => &b[self.sent..],
+            Some(Chunk::File(_)) => &[],
+            None => &self.out[self.sent..],
+        }
+    }
+
+    /// The file range to send next, once every byte before it is sent
+    /// (and, after `take_transmit`, acknowledged).
+    pub fn poll_file(&self) -> Option<&FileBody> {
+        match self.queue.front() {
+            Some(Chunk::File(f)) if self.in_flight == 0 => Some(f),
+            _ => None,
+        }
     }
 
     /// Moves the pending output into a buffer the caller owns until the
@@ -239,7 +274,25 @@ impl Conn {
     /// acknowledged with `on_sent`; new responses go to a fresh buffer.
     /// Call only when nothing taken earlier is still unacknowledged.
     pub fn take_transmit(&mut self) -> Option<Vec<u8>> {
-        if self.sent == self.out.len() || self.in_flight > 0 {
+        if self.in_flight > 0 {
+            return None;
+        }
+        match self.queue.front() {
+            Some(Chunk::Bytes(_)) => {
+                let Some(Chunk::Bytes(mut out)) = self.queue.pop_front() else {
+                    return None;
+                };
+                // NOTE(cast): usize fits in u64 on every Linux target.
+                self.queued -= out.len() as u64;
+                out.drain(..self.sent);
+                self.sent = 0;
+                self.in_flight = out.len();
+                return Some(out);
+            }
+            Some(Chunk::File(_)) => return None,
+            None => {}
+        }
+        if self.sent == self.out.len() {
             return None;
         }
         if self.sent > 0 {
@@ -295,7 +348,35 @@ impl Conn {
     }
 
     fn pending(&self) -> usize {
-        self.in_flight + self.out.len() - self.sent
+        // NOTE(cast): saturates a queued file over usize::MAX (32-bit only).
+        let queued = usize::try_from(self.queued).unwrap_or(usize::MAX);
+        (self.in_flight + self.out.len() - self.sent).saturating_add(queued)
+    }
+
+    /// Moves `n` sent bytes past the front of the output.
+    fn advance(&mut self, n: usize, pool: &mut BufPool) {
+        match self.queue.front_mut() {
+            Some(Chunk::Bytes(b)) => {
+                self.sent = (self.sent + n).min(b.len());
+                if self.sent == b.len() {
+                    // NOTE(cast): usize fits in u64 on every Linux target.
+                    self.queued -= b.len() as u64;
+                    self.sent = 0;
+                    if let Some(Chunk::Bytes(b)) = self.queue.pop_front() {
+                        pool.give(b);
+                    }
+                }
+            }
+            Some(Chunk::File(f)) => {
+                let before = f.len();
+                f.advance(n as u64);
+                self.queued -= before - f.len();
+                if f.is_empty() {
+                    self.queue.pop_front();
+                }
+            }
+            None => self.sent = (self.sent + n).min(self.out.len()),
+        }
     }
 
     fn has_partial_request(&self) -> bool {
@@ -437,6 +518,11 @@ impl Conn {
             persist,
             self.head.is_head,
         );
+        if let Body::File(file) = res.body() {
+            if sends_body(&res, self.head.is_head) && !file.is_empty() {
+                self.queue_file(file.clone());
+            }
+        }
         ctx.stats.requests.inc();
         ctx.stats.response(res.status());
         self.phase = if close { Phase::Closing } else { Phase::Head };
@@ -459,6 +545,16 @@ impl Conn {
         self.phase = Phase::Closing;
         self.linger = true;
         self.next_request();
+    }
+
+    /// Queues a file body behind everything written so far; later
+    /// responses go to a fresh `out`.
+    fn queue_file(&mut self, file: FileBody) {
+        let head = mem::take(&mut self.out);
+        // NOTE(cast): usize fits in u64 on every Linux target.
+        self.queued += head.len() as u64 + file.len();
+        self.queue.push_back(Chunk::Bytes(head));
+        self.queue.push_back(Chunk::File(file));
     }
 
     fn send_continue(&mut self, no_body_yet: bool, pool: &mut BufPool) {
@@ -506,11 +602,11 @@ impl Conn {
 
     /// Sets or clears each deadline for the current state.
     fn rearm(&mut self, now: Instant, limits: &Limits, got_input: bool) {
+        let pending = self.pending() > 0;
         let d = &mut self.deadlines;
         let closing = matches!(self.phase, Phase::Closing | Phase::Closed);
         let in_head = self.phase == Phase::Head;
         let partial = !self.input.is_empty() || self.scan.started();
-        let pending = self.in_flight + self.out.len() > self.sent;
         let in_body = matches!(self.phase, Phase::Length(_) | Phase::Chunked);
 
         let head = &mut d[Deadline::Head as usize];

@@ -17,4 +17,4 @@ pub use limits::{Limits, MAX_HEADERS_CEILING};
 pub use parse::{find_head_end, parse_head, Found, Framing, Head, Scan, Span};
 pub use reject::Reject;
 pub use request::Request;
-pub use response::{reason, write_response, Body, Persist, Response};
+pub use response::{reason, sends_body, write_response, Body, FileBody, Persist, Response};

@@ -5,8 +5,10 @@
 //! (`Content-Length`), except where RFC 9110 forbids a body (1xx, 204, 304).
 
 use std::borrow::Cow;
+use std::fs::File;
+use std::sync::Arc;
 
-/// A response body held in memory.
+/// A response body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Body {
     /// No body (Content-Length: 0).
@@ -16,18 +18,90 @@ pub enum Body {
     Static(&'static [u8]),
     /// Bytes the handler built.
     Bytes(Vec<u8>),
+    /// A byte range of an open file. The connection never reads it: the
+    /// backend moves it from the page cache to the socket (sendfile on
+    /// epoll, reads through the ring on io_uring).
+    File(FileBody),
 }
 
 impl Body {
-    /// The body's bytes.
+    /// The bytes of an in-memory body; empty for `File`.
     pub fn as_bytes(&self) -> &[u8] {
         match self {
-            Body::Empty => &[],
+            Body::Empty | Body::File(_) => &[],
             Body::Static(b) => b,
             Body::Bytes(b) => b,
         }
     }
+
+    /// The body's length in bytes, as Content-Length announces it.
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::File(f) => f.len,
+            // NOTE(cast): usize fits in u64 on every Linux target.
+            _ => self.as_bytes().len() as u64,
+        }
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
+
+/// `len` bytes of `file` from `offset`. The file is shared (an open-file
+/// cache may hand the same one to many responses), so it is only ever read
+/// at explicit offsets, never through its cursor.
+#[derive(Clone, Debug)]
+pub struct FileBody {
+    file: Arc<File>,
+    offset: u64,
+    len: u64,
+}
+
+impl FileBody {
+    /// `len` bytes from `offset`. The caller checked the range against the
+    /// file's size; if the file shrinks meanwhile, the backend closes the
+    /// connection rather than send a short body.
+    pub fn new(file: Arc<File>, offset: u64, len: u64) -> FileBody {
+        FileBody { file, offset, len }
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Where the bytes still to send start.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// How many bytes are still to send.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether everything was sent.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Records that `n` more bytes went out.
+    pub(crate) fn advance(&mut self, n: u64) {
+        let n = n.min(self.len);
+        self.offset += n;
+        self.len -= n;
+    }
+}
+
+impl PartialEq for FileBody {
+    fn eq(&self, other: &FileBody) -> bool {
+        Arc::ptr_eq(&self.file, &other.file) && self.offset == other.offset && self.len == other.len
+    }
+}
+
+impl Eq for FileBody {}
 
 /// Fields the connection writes itself; a handler may not set them, since a
 /// second framing header is exactly how responses get smuggled.
@@ -177,7 +251,8 @@ pub enum Persist {
 }
 
 /// Appends the response to `out`. `head_only` drops the body but keeps its
-/// Content-Length (a HEAD request, RFC 9110 §9.3.2).
+/// Content-Length (a HEAD request, RFC 9110 §9.3.2). A `File` body is not
+/// written: the caller queues it after the head.
 pub fn write_response(
     out: &mut Vec<u8>,
     res: &Response,
@@ -185,7 +260,6 @@ pub fn write_response(
     persist: Persist,
     head_only: bool,
 ) {
-    let body = res.body.as_bytes();
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut code = itoa::Buffer::new();
     out.extend_from_slice(code.format(res.status).as_bytes());
@@ -209,7 +283,7 @@ pub fn write_response(
     if !bodiless {
         out.extend_from_slice(b"Content-Length: ");
         let mut len = itoa::Buffer::new();
-        out.extend_from_slice(len.format(body.len()).as_bytes());
+        out.extend_from_slice(len.format(res.body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     match persist {
@@ -218,9 +292,14 @@ pub fn write_response(
         Persist::Close => out.extend_from_slice(b"Connection: close\r\n"),
     }
     out.extend_from_slice(b"\r\n");
-    if !head_only && !bodiless {
-        out.extend_from_slice(body);
+    if sends_body(res, head_only) {
+        out.extend_from_slice(res.body.as_bytes());
     }
+}
+
+/// Whether the response's body goes on the wire after its head.
+pub fn sends_body(res: &Response, head_only: bool) -> bool {
+    !head_only && !matches!(res.status, 100..=199 | 204 | 304)
 }
 
 /// The reason phrase for a status code (RFC 9110 §15).

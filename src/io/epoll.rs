@@ -6,7 +6,8 @@
 //! Reads go into one per-core buffer and are handed straight to `Conn`;
 //! a read shorter than the buffer means the socket is drained (TCP), which
 //! saves the read that would return EAGAIN. Everything one read produced
-//! leaves in one write.
+//! leaves in one write; file bodies leave through sendfile(2), straight
+//! from the page cache.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown as Direction;
@@ -17,12 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::libc;
+use nix::sys::sendfile::sendfile64;
 use slab::Slab;
 
 use super::wheel::Wheel;
 use super::{Core, CoreReport, Env};
 use crate::handler::Handler;
-use crate::http::Conn;
+use crate::http::{Conn, FileBody};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -32,6 +34,9 @@ const EVENTS: usize = 1024;
 /// Full-buffer reads one connection may take per turn before others get
 /// their turn (it goes to the ready list and continues next turn).
 const READS_PER_TURN: usize = 16;
+/// File bytes one connection may send per turn before others get theirs:
+/// a fast reader of a large file would otherwise keep sendfile busy.
+const FILE_BYTES_PER_TURN: usize = 1 << 20;
 /// How long accept stays paused after EMFILE/ENFILE before it is retried.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -360,13 +365,25 @@ impl<H: Handler> Loop<H> {
         let Some(entry) = self.conns.get_mut(key) else {
             return Ok(false);
         };
+        let mut file_sent = 0;
         loop {
             let out = entry.conn.poll_transmit();
-            if out.is_empty() {
+            let (len, wrote) = if !out.is_empty() {
+                (out.len(), entry.stream.write(out))
+            } else if let Some(file) = entry.conn.poll_file() {
+                if file_sent >= FILE_BYTES_PER_TURN {
+                    self.ready.push((key, entry.gen));
+                    return Ok(false);
+                }
+                let len = usize::try_from(file.len())
+                    .map_or(FILE_BYTES_PER_TURN, |l| l.min(FILE_BYTES_PER_TURN));
+                let wrote = send_file(&entry.stream, file, len);
+                file_sent += len;
+                (len, wrote)
+            } else {
                 return Ok(false);
-            }
-            let len = out.len();
-            match entry.stream.write(out) {
+            };
+            match wrote {
                 Ok(n) => {
                     self.env.stats.bytes_out.add(n as u64);
                     let env = &mut self.env;
@@ -530,5 +547,21 @@ impl<H: Handler> Loop<H> {
             drained: self.draining_from.saturating_sub(forced),
             forced,
         })
+    }
+}
+
+/// sendfile(2) of up to `len` bytes of `file` from its offset. A file that
+/// ends early (truncated while being served) is an error: the response
+/// promised its length, so the connection must close.
+fn send_file(stream: &TcpStream, file: &FileBody, len: usize) -> io::Result<usize> {
+    let mut offset = i64::try_from(file.offset())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset past 2^63"))?;
+    match sendfile64(stream, file.file(), Some(&mut offset), len) {
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shrank while being sent",
+        )),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.into()),
     }
 }

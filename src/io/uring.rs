@@ -1,6 +1,8 @@
 //! The io_uring backend: one ring per core, multishot accept, multishot
 //! recv into a provided-buffer ring, and every send of a loop turn
-//! submitted with the one io_uring_enter that also waits.
+//! submitted with the one io_uring_enter that also waits. File bodies are
+//! read through the ring (page cache or io-wq, never a blocking read on
+//! the loop) into a pooled buffer and sent like any other output.
 //!
 //! Same vocabulary as `epoll.rs`: accept, receive, hand bytes to `Conn`,
 //! flush, arm the timer, close. What differs is ownership: the kernel
@@ -8,7 +10,8 @@
 //! flight, so a slot is released only when its last completion (cancels
 //! included) has arrived.
 //!
-//! INVARIANT: a slab slot, its descriptor and its in-flight send buffer stay
+//! INVARIANT: a slab slot, its descriptor and its in-flight send or file
+//! read buffer (`Entry::sending`, `Entry::reading`) stay
 //! put until `Entry::ops` is zero, i.e. until the final CQE of every SQE
 //! that names them. Receive buffers belong to the per-core `BufRing`.
 //!
@@ -43,6 +46,9 @@ use crate::shutdown::Wake;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Buffer group id of the core's receive buffers.
 const BUF_GROUP: u16 = 0;
+/// Bytes of a file body read per ring Read; fits the buffer pool's
+/// largest kept buffer, so file buffers are reused, not reallocated.
+const FILE_CHUNK: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -53,6 +59,7 @@ enum Op {
     Cancel = 4,
     Shutdown = 5,
     Wake = 6,
+    Read = 7,
 }
 
 /// Operation, generation and slab key packed into a CQE's user_data.
@@ -86,6 +93,7 @@ impl UserData {
             4 => Op::Cancel,
             5 => Op::Shutdown,
             6 => Op::Wake,
+            7 => Op::Read,
             _ => return None,
         };
         Some(UserData {
@@ -199,6 +207,7 @@ pub fn probe(config: &Config) -> Result<(), String> {
         ("accept", opcode::AcceptMulti::CODE),
         ("recv", opcode::RecvMulti::CODE),
         ("send", opcode::Send::CODE),
+        ("read", opcode::Read::CODE),
         ("async_cancel", opcode::AsyncCancel::CODE),
         ("shutdown", opcode::Shutdown::CODE),
         ("poll_add", opcode::PollAdd::CODE),
@@ -242,7 +251,11 @@ struct Entry {
     /// until fully sent (short sends continue from `sent`).
     sending: Option<Vec<u8>>,
     sent: usize,
+    /// A Send or a file Read is in flight (one output operation at most).
     send_inflight: bool,
+    /// The buffer a file Read is filling; it becomes `sending` when the
+    /// Read completes.
+    reading: Option<Vec<u8>>,
     eof: bool,
     closing: bool,
     linger_until: Option<Instant>,
@@ -399,10 +412,12 @@ impl<H: Handler> Loop<H> {
     fn push(&mut self, entry: squeue::Entry, ud: UserData) -> io::Result<()> {
         let entry = entry.user_data(ud.encode());
         loop {
-            // SAFETY: every buffer an SQE names (send buffers, in `Entry::sending`;
+            // SAFETY: every buffer an SQE names (send and file read buffers,
+            // in `Entry::sending` and `Entry::reading`;
             // receive buffers, in `BufRing`) stays allocated and unmoved until
             // the SQE's final completion (module INVARIANT).
             if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                self.env.stats.ring_submissions.inc();
                 return Ok(());
             }
             self.env.stats.ring_enters.inc();
@@ -467,6 +482,7 @@ impl<H: Handler> Loop<H> {
                 Op::Accept => self.on_accept(res, flags),
                 Op::Recv => self.on_recv(ud, res, flags),
                 Op::Send => self.on_send(ud, res),
+                Op::Read => self.on_read(ud, res),
                 Op::Cancel | Op::Shutdown => self.op_done(ud),
                 Op::Wake => self.on_wake(flags),
             }
@@ -572,6 +588,7 @@ impl<H: Handler> Loop<H> {
             sending: None,
             sent: 0,
             send_inflight: false,
+            reading: None,
             eof: false,
             closing: false,
             linger_until: None,
@@ -672,6 +689,35 @@ impl<H: Handler> Loop<H> {
         self.mark(ud.key);
     }
 
+    /// A file Read completed: what it read is sent next. Zero bytes means
+    /// the file shrank under a response that promised its length.
+    fn on_read(&mut self, ud: UserData, res: i32) {
+        let Some(e) = self.conns.get_mut(ud.key).filter(|e| e.gen == ud.gen) else {
+            return;
+        };
+        e.ops -= 1;
+        e.send_inflight = false;
+        let Some(mut buf) = e.reading.take() else {
+            return;
+        };
+        match usize::try_from(res) {
+            Ok(n) if n > 0 && n <= buf.capacity() => {
+                // SAFETY: the kernel wrote `n` bytes at the start of `buf`'s
+                // spare capacity (the Read named that memory and that
+                // length), and `n` is within the capacity.
+                unsafe { buf.set_len(n) };
+                e.sending = Some(buf);
+                e.sent = 0;
+            }
+            _ => {
+                self.env.pool.give(buf);
+                e.conn.handle_abort();
+                e.eof = true;
+            }
+        }
+        self.mark(ud.key);
+    }
+
     /// A cancel or shutdown for this slot completed.
     fn op_done(&mut self, ud: UserData) {
         if let Some(e) = self.live(ud) {
@@ -729,6 +775,21 @@ impl<H: Handler> Loop<H> {
                     .build();
                 e.send_inflight = true;
                 self.push_for(key, Op::Send, sqe);
+            } else if let Some(file) = e.conn.poll_file() {
+                let len = usize::try_from(file.len()).map_or(FILE_CHUNK, |l| l.min(FILE_CHUNK));
+                let mut buf = self.env.pool.take();
+                buf.reserve(len);
+                // NOTE(cast): len <= FILE_CHUNK.
+                let sqe = opcode::Read::new(
+                    types::Fd(file.file().as_raw_fd()),
+                    buf.spare_capacity_mut().as_mut_ptr().cast::<u8>(),
+                    len as u32,
+                )
+                .offset(file.offset())
+                .build();
+                e.reading = Some(buf);
+                e.send_inflight = true;
+                self.push_for(key, Op::Read, sqe);
             }
         }
         let Some(e) = self.conns.get_mut(key) else {
@@ -774,13 +835,17 @@ impl<H: Handler> Loop<H> {
         if !e.closing {
             e.closing = true;
             let recv = e.recv_armed && !e.recv_cancelled;
-            let send = e.send_inflight;
+            let send = e.send_inflight.then_some(if e.reading.is_some() {
+                Op::Read
+            } else {
+                Op::Send
+            });
             if recv {
                 e.recv_cancelled = true;
                 self.cancel_slot(key, Op::Recv);
             }
-            if send {
-                self.cancel_slot(key, Op::Send);
+            if let Some(op) = send {
+                self.cancel_slot(key, op);
             }
         }
         self.try_release(key);
@@ -792,7 +857,7 @@ impl<H: Handler> Loop<H> {
             return;
         }
         let e = self.conns.remove(key);
-        if let Some(buf) = e.sending {
+        for buf in [e.sending, e.reading].into_iter().flatten() {
             self.env.pool.give(buf);
         }
         drop(e.fd);
@@ -934,6 +999,7 @@ mod tests {
             Op::Cancel,
             Op::Shutdown,
             Op::Wake,
+            Op::Read,
         ] {
             let ud = UserData {
                 op,
