@@ -148,6 +148,41 @@ fn serves_builtins_with_no_routes_configured() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
 }
 
+/// `--root` serves a directory; `--stats` prints one line per interval
+/// with a figure per core, on stdout.
+#[test]
+fn root_and_stats_line() {
+    let dir = std::env::temp_dir().join(format!("coreloop-bin-root-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("note.txt"), b"from the root\n").unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["--workers", "2", "--stats", "200ms", "--root"])
+        .arg(&dir)
+        .stdout(Stdio::piped());
+    let (mut child, addr, _rx) = start_with(command, &[]);
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("/note.txt").body, b"from the root\n");
+    assert_eq!(c.get("/metrics").status, 200);
+    let line = lines
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a stats line within 5 s");
+    assert!(line.starts_with("stats: "), "{line}");
+    for part in ["req/s", "conns", "err", "| core0 ", "| core1 "] {
+        assert!(line.contains(part), "{part:?} missing in {line}");
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn run_fails(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN).args(args).output().expect("run");
     (
@@ -172,6 +207,14 @@ fn bad_flags_print_one_line_and_exit_2() {
         &["--buf-count", "3"],
         &["--sqpoll-cpu", "1"],
         &["--cpus", "4000"],
+        &["--stats", "0"],
+        &["--stats", "soon"],
+        &["--root", "/nonexistent-coreloop-root"],
+        &["--root", "/etc/passwd"],
+        &["--metrics-path", "metrics"],
+        &["--metrics-path", "/a b"],
+        &["--no-metrics", "--metrics-path", "/m"],
+        &["--no-files", "--dir-listing"],
     ] {
         let (code, stderr) = run_fails(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

@@ -3,8 +3,11 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{outcome, run_split, Harness, Lcg, Parsed};
-use coreloop::http::{Limits, Reject};
+use coreloop::http::{FileBody, Limits, Reject};
+use coreloop::{Body, Request, Response, Router};
 
 const NEXT: &[u8] = b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n";
 
@@ -871,4 +874,97 @@ fn abort_drops_output_and_closes_without_lingering() {
     assert!(h.conn.is_done());
     assert!(!h.conn.lingers());
     assert!(h.conn.poll_transmit().is_empty());
+}
+
+/// A 2,500-byte file of a known pattern; `/file` answers bytes 100..2100.
+fn file_router() -> (Router, Vec<u8>, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!(
+        "coreloop-engine-file-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let data: Vec<u8> = (0..2500u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let file = Arc::new(std::fs::File::open(&path).unwrap());
+    let router = common::test_router().get("/file", move |_: &Request<'_>| {
+        Response::new(200).with_body(Body::File(FileBody::new(file.clone(), 100, 2000)))
+    });
+    (router, data[100..2100].to_vec(), path)
+}
+
+#[test]
+fn file_bodies_keep_their_place_among_pipelined_responses() {
+    let (router, expected, path) = file_router();
+    let mut h = Harness::new();
+    h.router = router;
+    h.feed(b"GET /file HTTP/1.1\r\nHost: a\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: a\r\n\r\nGET /file HTTP/1.1\r\nHost: a\r\n\r\n");
+    let rs = h.responses();
+    assert_eq!(rs.len(), 3);
+    assert_eq!(rs[0].header("content-length"), Some("2000"));
+    assert_eq!(rs[0].body, expected);
+    assert_eq!(rs[1].body, b"Hello, World!");
+    assert_eq!(rs[2].body, expected);
+    assert!(h.conn.is_idle(), "everything sent and acknowledged");
+    // HEAD announces the file's length and sends none of it.
+    let mut h = Harness::new();
+    h.router = file_router().0;
+    h.feed(b"HEAD /file HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(h.wire.ends_with(b"Content-Length: 2000\r\n\r\n"));
+    assert!(h.conn.poll_file().is_none());
+    let _ = std::fs::remove_file(path);
+}
+
+/// The io_uring way: take the bytes before the file, acknowledge them,
+/// then send the file range in steps; new responses queue behind it.
+#[test]
+fn file_bodies_through_take_transmit() {
+    let (router, expected, path) = file_router();
+    let mut h = Harness::new();
+    h.router = router;
+    h.input(b"GET /file HTTP/1.1\r\nHost: a\r\n\r\n");
+    let head = h.conn.take_transmit().expect("the head");
+    assert!(
+        h.conn.poll_file().is_none(),
+        "file waits for the head's ack"
+    );
+    h.input(b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n");
+    h.ack(head.len());
+    assert!(h.conn.take_transmit().is_none(), "the file comes first");
+    let mut wire = head;
+    while let Some(file) = h.conn.poll_file() {
+        let n = common::read_file_step(file, &mut wire);
+        h.ack(n);
+    }
+    let tail = h.conn.take_transmit().expect("the plaintext response");
+    wire.extend_from_slice(&tail);
+    h.ack(tail.len());
+    let rs = common::parse_responses(&wire).unwrap();
+    assert_eq!(rs.len(), 2);
+    assert_eq!(rs[0].body, expected);
+    assert_eq!(rs[1].body, b"Hello, World!");
+    assert!(h.conn.is_idle());
+    let _ = std::fs::remove_file(path);
+}
+
+/// Unsent file bytes count as pending output: a huge body stops request
+/// processing (backpressure) until it drains, and an abort drops it.
+#[test]
+fn file_body_counts_as_pending_output() {
+    let (router, _, path) = file_router();
+    let limits = Limits {
+        max_pending_output: 1000,
+        ..Limits::default()
+    };
+    let mut h = Harness::with_limits(limits);
+    h.router = router;
+    h.input(b"GET /file HTTP/1.1\r\nHost: a\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(!h.conn.wants_read(), "2000 file bytes pending > 1000");
+    assert_eq!(h.stats.requests.get(), 1, "the second request waits");
+    h.flush();
+    assert_eq!(h.stats.requests.get(), 2, "resumed once the file drained");
+    h.input(b"GET /file HTTP/1.1\r\nHost: a\r\n\r\n");
+    h.conn.handle_abort();
+    assert!(h.conn.poll_file().is_none());
+    assert!(h.conn.is_done());
+    let _ = std::fs::remove_file(path);
 }

@@ -1,5 +1,6 @@
 //! The server over real sockets on 127.0.0.1, once per backend.
 
+#[macro_use]
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
@@ -9,24 +10,6 @@ use std::time::{Duration, Instant};
 use common::net::{config, eventually, Client, TestServer};
 use coreloop::metrics::Deadline;
 use coreloop::Backend;
-
-/// Runs each listed test once per backend this machine supports.
-/// io_uring cases are skipped, saying so, where the kernel refuses it.
-macro_rules! per_backend {
-    ($($name:ident),* $(,)?) => {
-        mod epoll {
-            $( #[test] fn $name() { super::$name(coreloop::Backend::Epoll) } )*
-        }
-        mod uring {
-            $( #[test] fn $name() {
-                if common::net::uring_available() {
-                    super::$name(coreloop::Backend::Uring)
-                }
-            } )*
-            use super::common;
-        }
-    };
-}
 
 per_backend!(
     keep_alive,

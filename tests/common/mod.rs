@@ -6,7 +6,7 @@ pub mod net;
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use coreloop::http::{Conn, Ctx, DateCache, Limits};
+use coreloop::http::{Conn, Ctx, DateCache, FileBody, Limits};
 use coreloop::metrics::CoreStats;
 use coreloop::pool::BufPool;
 use coreloop::{Body, Request, Response, Router};
@@ -22,6 +22,41 @@ pub struct Harness {
     pub now: Instant,
     /// Everything the connection asked to send, in order.
     pub wire: Vec<u8>,
+}
+
+/// Bytes of a file body the harness "sends" per step: small, so file
+/// bodies take several steps like they do over a socket.
+pub const FILE_STEP: u64 = 1000;
+
+/// Appends the next step of `file`'s range to `wire`; returns its length.
+pub fn read_file_step(file: &FileBody, wire: &mut Vec<u8>) -> usize {
+    use std::os::unix::fs::FileExt;
+    let len = file.len().min(FILE_STEP) as usize;
+    let mut buf = vec![0; len];
+    file.file()
+        .read_exact_at(&mut buf, file.offset())
+        .expect("read file body");
+    wire.extend_from_slice(&buf);
+    len
+}
+
+/// Runs each listed test once per backend this machine supports.
+/// io_uring cases are skipped, saying so, where the kernel refuses it.
+#[allow(unused_macros)]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod epoll {
+            $( #[test] fn $name() { super::$name(coreloop::Backend::Epoll) } )*
+        }
+        mod uring {
+            $( #[test] fn $name() {
+                if common::net::uring_available() {
+                    super::$name(coreloop::Backend::Uring)
+                }
+            } )*
+            use super::common;
+        }
+    };
 }
 
 /// The router the tests use: the built-ins plus a few probes.
@@ -107,14 +142,20 @@ impl Harness {
     }
 
     /// Sends all pending output, resuming request processing when asked.
+    /// File bodies are read the way a backend sends them: from the
+    /// range `poll_file` names, at most `FILE_STEP` bytes per step.
     pub fn flush(&mut self) {
         loop {
             let out = self.conn.poll_transmit();
-            if out.is_empty() {
+            let n = if !out.is_empty() {
+                self.wire.extend_from_slice(out);
+                out.len()
+            } else if let Some(file) = self.conn.poll_file() {
+                read_file_step(file, &mut self.wire)
+            } else {
                 return;
-            }
-            self.wire.extend_from_slice(out);
-            if self.ack(out.len()) {
+            };
+            if self.ack(n) {
                 self.input(&[]);
             }
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use coreloop::http::Limits;
 use coreloop::metrics::CoreStats;
 use coreloop::server::{Error, Report};
-use coreloop::{Backend, Config, Server, Shutdown};
+use coreloop::{Backend, Config, Handler, Server, Shutdown};
 use crossbeam_utils::CachePadded;
 
 use super::Parsed;
@@ -24,6 +24,12 @@ pub fn uring_available() -> bool {
             false
         }
     }
+}
+
+/// What a handler factory may need from the bound server.
+pub struct BoundInfo {
+    pub stats: Vec<Arc<CachePadded<CoreStats>>>,
+    pub backend: Backend,
 }
 
 /// A server running in this process.
@@ -51,11 +57,25 @@ pub fn config(backend: Backend) -> Config {
 
 impl TestServer {
     pub fn start(config: Config) -> TestServer {
+        TestServer::start_with(config, |_core, _bound| super::test_router())
+    }
+
+    /// A server whose cores run `factory(core, &bound)`'s handler; `bound`
+    /// gives the factory the stats and backend (as the binary's site uses).
+    pub fn start_with<F, H>(config: Config, factory: F) -> TestServer
+    where
+        F: Fn(usize, &BoundInfo) -> H + Send + Sync + 'static,
+        H: Handler + 'static,
+    {
         let bound = Server::new(config).bind().expect("bind");
         let addr = bound.local_addr();
         let shutdown = bound.shutdown_handle();
         let stats = bound.stats();
-        let thread = thread::spawn(move || bound.serve(|_core| super::test_router()));
+        let info = BoundInfo {
+            stats: stats.clone(),
+            backend: bound.backend(),
+        };
+        let thread = thread::spawn(move || bound.serve(move |core| factory(core, &info)));
         TestServer {
             addr,
             shutdown,
@@ -137,6 +157,26 @@ impl Client {
                     io::ErrorKind::UnexpectedEof,
                     format!("eof after {} bytes", self.buf.len()),
                 ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads one response head and no body (the answer to HEAD).
+    pub fn read_head(&mut self) -> io::Result<Parsed> {
+        loop {
+            let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
+            if let Some((parsed, used)) = super::parse_head(&self.buf).map_err(invalid)? {
+                self.buf.drain(..used);
+                return Ok(parsed);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match self.stream.read(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => other?,
+            };
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eof in head"));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }

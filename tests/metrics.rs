@@ -1,0 +1,139 @@
+//! `/metrics` over real sockets, once per backend: counts match a known
+//! load exactly, and every family the issue names is there.
+
+#[macro_use]
+mod common;
+
+use std::collections::HashMap;
+
+use common::net::{config, eventually, TestServer};
+use coreloop::handler::{site, SiteConfig};
+use coreloop::Backend;
+
+per_backend!(counts_a_known_load, off_switch_and_custom_path);
+
+fn serve(backend: Backend, site_config: SiteConfig) -> TestServer {
+    TestServer::start_with(config(backend), move |_core, info| {
+        site(&site_config, info.stats.clone(), info.backend)
+    })
+}
+
+fn no_files() -> SiteConfig {
+    SiteConfig {
+        files: None,
+        ..SiteConfig::default()
+    }
+}
+
+/// `name{labels}` -> value, summed over the `core` label.
+fn scrape(text: &str) -> HashMap<String, u64> {
+    let mut sums = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let value: u64 = value.parse().expect("integer value");
+        let key = match series.split_once('{') {
+            Some((name, labels)) => {
+                let rest: Vec<&str> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.starts_with("core="))
+                    .collect();
+                if rest.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{name}{{{}}}", rest.join(","))
+                }
+            }
+            None => series.to_string(),
+        };
+        *sums.entry(key).or_insert(0) += value;
+    }
+    sums
+}
+
+fn counts_a_known_load(backend: Backend) {
+    let server = serve(backend, no_files());
+    let mut conns: Vec<_> = (0..4).map(|_| server.connect()).collect();
+    for c in &mut conns {
+        for _ in 0..10 {
+            assert_eq!(c.get("/plaintext").status, 200);
+        }
+        assert_eq!(c.get("/nope").status, 404);
+    }
+    let mut bad = server.connect();
+    bad.send(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+    assert_eq!(bad.read_response().unwrap().status, 400);
+    drop(conns);
+    assert!(eventually(std::time::Duration::from_secs(5), || {
+        server.total(|s| s.closed.get()) == 5
+    }));
+
+    let mut scraper = server.connect();
+    let r = scraper.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = String::from_utf8(r.body).unwrap();
+    let m = scrape(&text);
+    // The scrape itself is counted after its handler ran.
+    assert_eq!(m["coreloop_requests_total"], 44, "{text}");
+    assert_eq!(m["coreloop_responses_total{class=\"2xx\"}"], 40);
+    assert_eq!(m["coreloop_responses_total{class=\"4xx\"}"], 5);
+    assert_eq!(m["coreloop_responses_total{class=\"5xx\"}"], 0);
+    assert_eq!(
+        m["coreloop_parse_errors_total{kind=\"duplicate_host\"}"], 1,
+        "{text}"
+    );
+    assert_eq!(m["coreloop_connections_accepted_total"], 6);
+    assert_eq!(m["coreloop_connections_closed_total"], 5);
+    assert_eq!(m["coreloop_connections_active"], 1);
+    assert_eq!(m["coreloop_deadline_expiries_total{kind=\"idle\"}"], 0);
+    assert!(m["coreloop_received_bytes_total"] > 40 * 30);
+    assert!(m["coreloop_sent_bytes_total"] > 40 * 100);
+    let name = backend.to_string();
+    assert_eq!(
+        m[&format!("coreloop_backend_info{{backend=\"{name}\"}}")],
+        1
+    );
+    // One sample per core for every per-core family.
+    let per_core = text
+        .lines()
+        .filter(|l| l.starts_with("coreloop_requests_total{"))
+        .count();
+    assert_eq!(per_core, 2);
+    match backend {
+        Backend::Uring => {
+            assert!(m["coreloop_ring_submissions_total"] > 0);
+            assert!(m["coreloop_ring_completions_total"] > 0);
+            assert_eq!(m["coreloop_poll_wakeups_total"], 0);
+        }
+        _ => {
+            assert!(m["coreloop_poll_wakeups_total"] > 0);
+            assert_eq!(m["coreloop_ring_submissions_total"], 0);
+        }
+    }
+}
+
+fn off_switch_and_custom_path(backend: Backend) {
+    let off = SiteConfig {
+        metrics_path: None,
+        ..no_files()
+    };
+    let server = serve(backend, off);
+    assert_eq!(server.connect().get("/metrics").status, 404);
+    drop(server);
+    let moved = SiteConfig {
+        metrics_path: Some("/_/stats".into()),
+        ..no_files()
+    };
+    let server = serve(backend, moved);
+    let mut c = server.connect();
+    assert_eq!(c.get("/metrics").status, 404);
+    let r = c.get("/_/stats");
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8(r.body)
+        .unwrap()
+        .contains("coreloop_requests_total{core=\"0\"} "));
+}
