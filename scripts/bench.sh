@@ -4,13 +4,26 @@
 #   scripts/bench.sh                                  # DURATION=10s REPEAT=3 BACKENDS=epoll
 #   DURATION=5s REPEAT=1 scripts/bench.sh             # quick check
 #   BACKENDS="epoll uring" scripts/bench.sh           # both coreloop backends and nginx
+#   WORKLOADS="static4k static1m" BACKENDS="epoll uring" scripts/bench.sh
+#                                                     # static files only
 #
 # Every server runs one worker pinned to SERVER_CPU (default 0); wrk runs one
-# thread pinned to CLIENT_CPU (default 1). Workloads, all GET /plaintext:
+# thread pinned to CLIENT_CPU (default 1). Workloads (the default runs the
+# first four, all GET /plaintext; the static ones only when named in WORKLOADS):
 #   keepalive  wrk -c64, keep-alive
 #   pipeline   wrk -c64 with scripts/pipeline.lua (16 requests per write)
 #   c1000      wrk -c1000, keep-alive
 #   close      wrk -c64 with "Connection: close" (a new connection per request)
+#   static4k   wrk -c64, keep-alive, GET /4k.bin: a 4096-byte file
+#   static1m   wrk -c64, keep-alive, GET /1m.bin: a 1 MiB (1048576-byte) file
+# The two files (random bytes) are written once per run into a directory
+# under the run's temporary directory; coreloop serves it with --root (file
+# bodies through sendfile(2) on epoll, ring reads on io_uring), nginx with
+# `root` there, `sendfile on`, tcp_nopush off and an open_file_cache like
+# coreloop's (NGINX_FILE_CACHE). Before measuring, every server must answer
+# GET and HEAD of each selected file with 200 and the right Content-Length
+# (and GET with the file's bytes), or the script stops. For these workloads
+# the report adds MiB/s (wrk's Transfer/sec: heads and bodies).
 # For each (workload, server) the script records req/s, p50/p99 latency and
 # the server's CPU time (utime+stime from /proc/PID/stat) per completed
 # request, repeats everything REPEAT times (interleaving servers) and reports
@@ -21,7 +34,9 @@
 # connections (scripts/idle_conns.py) and reports the RSS growth per
 # connection. Last, it starts each server fresh once more, attaches
 # `strace -c -f` to it and sends a fixed number of requests with
-# scripts/fixed_load.py (keep-alive, pipelined, connection per request; 64
+# scripts/fixed_load.py (keep-alive, pipelined, connection per request, all
+# GET /plaintext, when WORKLOADS names any /plaintext workload; plus
+# keep-alive GETs of each file of a static workload in WORKLOADS; 64
 # connections), and reports syscalls per request, with a per-syscall
 # breakdown per workload. Attaching to the running server (-p) leaves
 # startup, the readiness probe and shutdown out of the count. strace sees
@@ -38,12 +53,19 @@
 #   DURATION     wrk duration per measurement          (default 10s)
 #   REPEAT       measurements per (workload, server)   (default 3; medians reported)
 #   BACKENDS     coreloop --backend values, space-separated (default "epoll")
-#   WORKLOADS    subset of "keepalive pipeline c1000 close" (default: all)
+#   WORKLOADS    subset of "keepalive pipeline c1000 close static4k static1m"
+#                (default "keepalive pipeline c1000 close")
 #   BASE_PORT    first port; servers use BASE_PORT, BASE_PORT+1, ... (default 18080)
 #   IDLE_CONNS   idle connections for the RSS test      (default 10000; 0 skips it)
 #   SYSCALLS     1: measure syscalls per request with strace; 0 skips it (default 1)
 #   SYSCALL_REQS requests per traced keep-alive / pipelined run (default 20000)
 #   SYSCALL_CLOSE_REQS requests (= connections) per traced close run (default 5000)
+#   SYSCALL_1M_REQS requests per traced static1m run (default 1000; static4k
+#                uses SYSCALL_REQS)
+#   NGINX_FILE_CACHE 1: nginx gets `open_file_cache max=1024;
+#                open_file_cache_valid 1s;` (coreloop's --file-cache default:
+#                1024 open files per core, revalidated every second); 0: nginx
+#                opens and fstats the file for every request (default 1)
 #   PERFSTAT     1: count syscalls / ring operations per request with perf
 #                stat tracepoints under wrk load; 0 skips it; default: 1 when
 #                `perf stat -e raw_syscalls:sys_enter` works
@@ -67,7 +89,9 @@ set -euo pipefail
 DURATION=${DURATION:-10s}
 REPEAT=${REPEAT:-3}
 BACKENDS=${BACKENDS:-epoll}
-WORKLOADS=${WORKLOADS:-keepalive pipeline c1000 close}
+DEFAULT_WORKLOADS="keepalive pipeline c1000 close"
+WORKLOADS_GIVEN=${WORKLOADS:+1}
+WORKLOADS=${WORKLOADS:-$DEFAULT_WORKLOADS}
 BASE_PORT=${BASE_PORT:-18080}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 SERVER_CPU=${SERVER_CPU:-0}
@@ -81,14 +105,32 @@ BENCH_REV=${BENCH_REV:-}
 SYSCALLS=${SYSCALLS:-1}
 SYSCALL_REQS=${SYSCALL_REQS:-20000}
 SYSCALL_CLOSE_REQS=${SYSCALL_CLOSE_REQS:-5000}
-SYSCALL_WORKLOADS="keepalive pipeline close"
+SYSCALL_1M_REQS=${SYSCALL_1M_REQS:-1000}
+NGINX_FILE_CACHE=${NGINX_FILE_CACHE:-1}
 PERFSTAT=${PERFSTAT:-auto}
 PERF_SECS=${PERF_SECS:-5}
 PIPELINE_DEPTH=16
 MAX_CONNS=20000
 PATH_PLAINTEXT=/plaintext
 
-CMDLINE="${BENCH_REV:+BENCH_REV=$BENCH_REV }DURATION=$DURATION REPEAT=$REPEAT BACKENDS=\"$BACKENDS\" $0${*:+ $*}"
+# The static-file workloads: the file each one GETs, and its size in bytes.
+declare -A STATIC_FILE=([static4k]=4k.bin [static1m]=1m.bin)
+declare -A STATIC_SIZE=([static4k]=4096 [static1m]=1048576)
+PLAIN_SELECTED=""    # the /plaintext workloads in WORKLOADS
+STATIC_SELECTED=""   # the static workloads in WORKLOADS
+for wl in $WORKLOADS; do
+    case $wl in
+        keepalive | pipeline | c1000 | close) PLAIN_SELECTED+="$wl " ;;
+        static4k | static1m) STATIC_SELECTED+="$wl " ;;
+        *) printf 'bench: WORKLOADS: unknown workload %s (keepalive pipeline c1000 close static4k static1m)\n' "$wl" >&2; exit 1 ;;
+    esac
+done
+[[ -n $PLAIN_SELECTED$STATIC_SELECTED ]] || { echo "bench: WORKLOADS is empty" >&2; exit 1; }
+# Syscalls under strace: the three /plaintext modes as before when any
+# /plaintext workload runs, and a keep-alive run per selected static file.
+SYSCALL_WORKLOADS="${PLAIN_SELECTED:+keepalive pipeline close }$STATIC_SELECTED"
+
+CMDLINE="${BENCH_REV:+BENCH_REV=$BENCH_REV }${WORKLOADS_GIVEN:+WORKLOADS=\"$WORKLOADS\" }DURATION=$DURATION REPEAT=$REPEAT BACKENDS=\"$BACKENDS\" $0${*:+ $*}"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -165,7 +207,8 @@ if [[ $PERFSTAT != 0 ]]; then
             io_uring:io_uring_submit_req io_uring:io_uring_complete context-switches task-clock \
             syscalls:sys_enter_accept4 syscalls:sys_exit_accept4 syscalls:sys_enter_recvfrom \
             syscalls:sys_exit_recvfrom syscalls:sys_enter_sendto syscalls:sys_enter_writev \
-            syscalls:sys_enter_epoll_ctl syscalls:sys_enter_close; do
+            syscalls:sys_enter_epoll_ctl syscalls:sys_enter_close \
+            ${STATIC_SELECTED:+syscalls:sys_enter_sendfile64 syscalls:sys_enter_openat}; do
             filter=()
             [[ $ev == syscalls:sys_exit_* ]] && filter=(--filter 'ret < 0')
             if perf stat -e "$ev" "${filter[@]}" true >/dev/null 2>&1; then
@@ -216,6 +259,25 @@ fi
 COREL="$TMP/coreloop"
 cp "$COREL_SRC" "$COREL"
 COREL_SHA=$(sha256sum "$COREL" | cut -c1-12)
+
+# The files of the static workloads, random bytes, written once per run.
+# Both servers serve STATIC_DIR (coreloop with --root, nginx with root), so
+# the same URLs work on both; /plaintext stays a built-in route / location.
+STATIC_DIR=$TMP/static
+mkdir -p "$STATIC_DIR"
+for wl in "${!STATIC_FILE[@]}"; do
+    head -c "${STATIC_SIZE[$wl]}" /dev/urandom >"$STATIC_DIR/${STATIC_FILE[$wl]}"
+    [[ $(stat -c %s "$STATIC_DIR/${STATIC_FILE[$wl]}") == "${STATIC_SIZE[$wl]}" ]] ||
+        die "could not write $STATIC_DIR/${STATIC_FILE[$wl]}"
+done
+# A binary from before static files (BENCH_REV) has no --root: the
+# /plaintext workloads still run on it, the static ones cannot.
+COREL_ROOT=()
+if "$COREL" --help 2>/dev/null | grep -q -- '--root'; then
+    COREL_ROOT=(--root "$STATIC_DIR")
+elif [[ -n $STATIC_SELECTED ]]; then
+    die "WORKLOADS has static workloads ($STATIC_SELECTED) but $COREL_SRC has no --root (BENCH_REV before static files?)"
+fi
 
 CLK_TCK=$(getconf CLK_TCK)
 NPROC=$(nproc)
@@ -277,31 +339,63 @@ wait_ready() {   # wait_ready PORT PID NAME: until GET /plaintext answers 200
     die "$name did not answer on port $port within 10 s"
 }
 
+path_of() {          # path_of WORKLOAD: the path its requests GET
+    if [[ -n ${STATIC_FILE[$1]:-} ]]; then echo "/${STATIC_FILE[$1]}"; else echo "$PATH_PLAINTEXT"; fi
+}
+
+# check_static PORT NAME: the server must answer GET and HEAD of the file of
+# every selected static workload with 200 and the file's Content-Length, and
+# GET with the file's bytes; stop the run otherwise.
+check_static() {
+    local port=$1 name=$2 wl url want code len got hdr="$TMP/check-head" body="$TMP/check-body"
+    for wl in $STATIC_SELECTED; do
+        url="http://127.0.0.1:$port$(path_of "$wl")"
+        want=${STATIC_SIZE[$wl]}
+        code=$(curl -s -D "$hdr" -o "$body" -w '%{http_code}' "$url" || true)
+        len=$(awk -F': *' 'tolower($1) == "content-length" {sub(/\r$/, "", $2); print $2}' "$hdr")
+        got=$(stat -c %s "$body" 2>/dev/null || echo 0)
+        if [[ $code != 200 || $len != "$want" || $got != "$want" ]] || ! cmp -s "$body" "$STATIC_DIR/${STATIC_FILE[$wl]}"; then
+            die "$name: GET $url answered status '$code', Content-Length '$len', $got body bytes (want 200, $want, $want bytes equal to the file)"
+        fi
+        code=$(curl -s -I -D "$hdr" -o /dev/null -w '%{http_code}' "$url" || true)
+        len=$(awk -F': *' 'tolower($1) == "content-length" {sub(/\r$/, "", $2); print $2}' "$hdr")
+        if [[ $code != 200 || $len != "$want" ]]; then
+            die "$name: HEAD $url answered status '$code', Content-Length '$len' (want 200, $want)"
+        fi
+    done
+    rm -f "$hdr" "$body"
+}
+
 # Globals set by start_server: SPID (pid to signal), MPIDS (pids whose CPU
 # time counts), WPID (pid whose RSS counts: the process holding connections).
 start_coreloop() {   # start_coreloop BACKEND PORT LOGFILE
     local backend=$1 port=$2 logf=$3
     taskset -c "$SERVER_CPU" "$COREL" --workers 1 --cpus "$SERVER_CPU" --port "$port" \
         --backend "$backend" --log-level warn --max-conns "$MAX_CONNS" \
-        --idle-timeout 120s >>"$logf" 2>&1 &
+        --idle-timeout 120s "${COREL_ROOT[@]}" >>"$logf" 2>&1 &
     SPID=$!
     SERVER_PIDS+=("$SPID")
     if ! wait_ready "$port" "$SPID" "coreloop ($backend)"; then
         wait "$SPID" 2>/dev/null || true
         die "coreloop ($backend) failed to start: $(tail -n 5 "$logf")"
     fi
+    check_static "$port" "coreloop ($backend)"
     MPIDS=("$SPID")
     WPID=$SPID
 }
 
 nginx_conf() {       # nginx_conf DIR PORT: write DIR/nginx.conf
-    local dir=$1 port=$2 mask user_line=""
+    local dir=$1 port=$2 mask user_line="" file_cache=""
     mkdir -p "$dir"
     # worker_cpu_affinity wants a bit mask, highest CPU first.
     mask=$(python3 -c "import sys; print(format(1 << int(sys.argv[1]), 'b').zfill(4))" "$SERVER_CPU")
     if [[ $(id -u) -eq 0 ]]; then
         # As root the master would switch workers to "nobody"; keep our user.
         user_line="user $(id -un) $(id -gn);"
+    fi
+    if [[ $NGINX_FILE_CACHE == 1 ]]; then
+        file_cache="open_file_cache max=1024;
+    open_file_cache_valid 1s;"
     fi
     cat >"$dir/nginx.conf" <<EOF
 # Generated by scripts/bench.sh
@@ -328,9 +422,17 @@ http {
     scgi_temp_path $dir/scgi;
     keepalive_requests 10000000;
     keepalive_timeout 120s;
+    # Static workloads: file bodies straight from the page cache, as
+    # coreloop's epoll backend sends them; no TCP_CORK (coreloop sets none).
+    sendfile on;
+    tcp_nopush off;
+    $file_cache
 
     server {
         listen 127.0.0.1:$port backlog=1024;
+        # Any other path: a file under the static workloads' directory.
+        root $STATIC_DIR;
+        default_type application/octet-stream;
         location = /plaintext {
             default_type text/plain;
             return 200 "Hello, World!";
@@ -350,6 +452,7 @@ start_nginx() {      # start_nginx PORT LOGFILE
     SPID=$!
     SERVER_PIDS+=("$SPID")
     wait_ready "$port" "$SPID" nginx || die "nginx failed to start: $(tail -n 5 "$logf" "$dir/error.log" 2>/dev/null)"
+    check_static "$port" nginx
     for ((i = 0; i < 50; i++)); do
         kids=$(cat "/proc/$SPID/task/$SPID/children" 2>/dev/null || pgrep -P "$SPID" || true)
         [[ -n ${kids// /} ]] && break
@@ -388,6 +491,19 @@ to_us() {
         if (m < 0) print "nan"; else printf "%.1f\n", n * m }'
 }
 
+# wrk Transfer/sec "1.23GB" / "456.78KB" / "12.00B" (binary units) -> bytes/s
+to_bytes() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "B") m = 1; else if (u == "KB") m = 1024; else if (u == "MB") m = 1048576;
+        else if (u == "GB") m = 1073741824; else if (u == "TB") m = 1099511627776; else m = -1
+        if (m < 0) print "nan"; else printf "%.0f\n", n * m }'
+}
+
+fmt_mib() {          # bytes/s -> MiB/s, "n/a" if unknown
+    awk -v v="$1" 'BEGIN { if (v == "nan" || v == "") print "n/a"; else printf "%.1f\n", v / 1048576 }'
+}
+
 median() {           # median N1 N2 ...
     printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {
         if (NR == 0) { print "nan"; exit }
@@ -401,6 +517,7 @@ wrk_args() {         # wrk_args WORKLOAD URL -> one argument per line
         pipeline) printf '%s\n' -t1 -c64 "-d$DURATION" --latency -s "$ROOT/scripts/pipeline.lua" "$url" -- "$PIPELINE_DEPTH" ;;
         c1000) printf '%s\n' -t1 -c1000 "-d$DURATION" --latency "$url" ;;
         close) printf '%s\n' -t1 -c64 "-d$DURATION" --latency -H "Connection: close" "$url" ;;
+        static4k | static1m) printf '%s\n' -t1 -c64 "-d$DURATION" --latency "$url" ;;
         *) die "unknown workload $wl" ;;
     esac
 }
@@ -409,7 +526,7 @@ conns_of() {
     case $1 in c1000) echo 1000 ;; *) echo 64 ;; esac
 }
 
-declare -A RPS P50 P99 CPU CPU_REP REQS PORT_OF LABEL DEAD NGINX_DIRS FOREIGN
+declare -A RPS P50 P99 CPU CPU_REP REQS XFER PORT_OF LABEL DEAD NGINX_DIRS FOREIGN
 
 server_died() {      # server_died SERVER MESSAGE: record how it ended
     local srv=$1 msg=$2 pid status=0
@@ -433,9 +550,9 @@ DISCARDED=0
 # server. Returns 2 (recording nothing) when other processes used more than
 # FOREIGN_MAX% of a CPU and attempts remain.
 run_one() {
-    local wl=$1 srv=$2 rep=$3 attempt=$4 port=${PORT_OF[$2]} url out t0 t1 reqs rps p50 p99 cpu
+    local wl=$1 srv=$2 rep=$3 attempt=$4 port=${PORT_OF[$2]} url out t0 t1 reqs rps p50 p99 cpu xfer
     local -a args pids
-    url="http://127.0.0.1:$port$PATH_PLAINTEXT"
+    url="http://127.0.0.1:$port$(path_of "$wl")"
     mapfile -t args < <(wrk_args "$wl" "$url")
     read -r -a pids <<<"${SRV_MPIDS[$srv]}"
     out="$RAW_DIR/wrk-$wl-$srv-$rep.txt"
@@ -476,6 +593,7 @@ run_one() {
     rps=$(awk '/^Requests\/sec:/ {print $2; exit}' "$out")
     p50=$(to_us "$(awk '$1 == "50%" {print $2; exit}' "$out")")
     p99=$(to_us "$(awk '$1 == "99%" {print $2; exit}' "$out")")
+    xfer=$(to_bytes "$(awk '/^Transfer\/sec:/ {print $2; exit}' "$out")")
     if [[ -z $reqs || -z $rps || $reqs == 0 ]]; then
         PROBLEMS+=("$wl/$srv rep $rep: no requests completed; see $out")
         return 0
@@ -490,7 +608,8 @@ run_one() {
     CPU[$wl|$srv]+="$cpu "
     CPU_REP[$wl|$srv|$rep]=$cpu
     REQS[$wl|$srv]+="$reqs "
-    log "$wl $srv rep $rep: $rps req/s, p50 ${p50}us, p99 ${p99}us, CPU ${cpu}us/req ($((t1 - t0)) ticks, $reqs requests; other processes ${foreign}% of a CPU)"
+    XFER[$wl|$srv]+="$xfer "
+    log "$wl $srv rep $rep: $rps req/s ($(fmt_mib "$xfer") MiB/s), p50 ${p50}us, p99 ${p99}us, CPU ${cpu}us/req ($((t1 - t0)) ticks, $reqs requests; other processes ${foreign}% of a CPU)"
 }
 
 fmt_lat() {          # microseconds -> "123 us" / "1.23 ms"
@@ -539,7 +658,7 @@ for srv in "${SERVERS[@]}"; do
     [[ $srv == coreloop-* ]] || continue
     logf="$RAW_DIR/setup-$srv.log"
     taskset -c "$SERVER_CPU" "$COREL" --workers 1 --cpus "$SERVER_CPU" --port "${PORT_OF[$srv]}" \
-        --backend "${srv#coreloop-}" --log-level info --max-conns "$MAX_CONNS" >"$logf" 2>&1 &
+        --backend "${srv#coreloop-}" --log-level info --max-conns "$MAX_CONNS" "${COREL_ROOT[@]}" >"$logf" 2>&1 &
     SPID=$!
     SERVER_PIDS+=("$SPID")
     wait_ready "${PORT_OF[$srv]}" "$SPID" "${LABEL[$srv]}" || die "${LABEL[$srv]} failed to start: $(tail -n 5 "$logf")"
@@ -564,6 +683,10 @@ RESP_NOTES=()
 for srv in "${SERVERS[@]}"; do
     bytes=$(curl -s -D "$RAW_DIR/headers-$srv.txt" -o /dev/null -w '%{size_header}+%{size_download}' \
         "http://127.0.0.1:${PORT_OF[$srv]}$PATH_PLAINTEXT")
+    for wl in $STATIC_SELECTED; do
+        bytes+=", $(path_of "$wl") $(curl -s -D "$RAW_DIR/headers-$wl-$srv.txt" -o /dev/null -w '%{size_header}+%{size_download}' \
+            "http://127.0.0.1:${PORT_OF[$srv]}$(path_of "$wl")")"
+    done
     RESP_NOTES+=("${LABEL[$srv]}: $bytes bytes (head+body)")
 done
 
@@ -652,7 +775,7 @@ fi
 
 declare -A SYS_TOTAL SYS_ERRS SYS_REQS
 syscall_reqs() {
-    case $1 in close) echo "$SYSCALL_CLOSE_REQS" ;; *) echo "$SYSCALL_REQS" ;; esac
+    case $1 in close) echo "$SYSCALL_CLOSE_REQS" ;; static1m) echo "$SYSCALL_1M_REQS" ;; *) echo "$SYSCALL_REQS" ;; esac
 }
 
 traced_all() {       # traced_all PID...: every thread of every PID has a tracer
@@ -665,9 +788,11 @@ traced_all() {       # traced_all PID...: every thread of every PID has a tracer
     done
 }
 
-fixed_load() {       # fixed_load PORT WORKLOAD N OUTFILE
-    taskset -c "$CLIENT_CPU" python3 "$ROOT/scripts/fixed_load.py" --port "$1" --path "$PATH_PLAINTEXT" \
-        --mode "$2" --requests "$3" --conns 64 --depth "$PIPELINE_DEPTH" >"$4" 2>&1
+fixed_load() {       # fixed_load PORT WORKLOAD N OUTFILE (static workloads: keep-alive GETs of the file)
+    local mode=$2
+    [[ -n ${STATIC_FILE[$2]:-} ]] && mode=keepalive
+    taskset -c "$CLIENT_CPU" python3 "$ROOT/scripts/fixed_load.py" --port "$1" --path "$(path_of "$2")" \
+        --mode "$mode" --requests "$3" --conns 64 --depth "$PIPELINE_DEPTH" >"$4" 2>&1
 }
 
 # measure_syscalls SERVER: fresh server; per workload an untraced warm-up,
@@ -756,7 +881,7 @@ measure_perfstat() {
         wait_quiet
         out="$RAW_DIR/perfstat-wrk-$wl-$srv.txt"
         pout="$RAW_DIR/perfstat-$wl-$srv.csv"
-        mapfile -t wargs < <(DURATION=${PERF_SECS}s wrk_args "$wl" "http://127.0.0.1:$port$PATH_PLAINTEXT")
+        mapfile -t wargs < <(DURATION=${PERF_SECS}s wrk_args "$wl" "http://127.0.0.1:$port$(path_of "$wl")")
         perf stat -x, -o "$pout" "${PERF_ARGS[@]}" -p "$(IFS=,; echo "${pids[*]}")" -- sleep $((PERF_SECS + 2)) \
             2>>"$RAW_DIR/perfstat-$srv.stderr" &
         ppid=$!
@@ -805,12 +930,14 @@ wl_name() {
         pipeline) echo "pipelined x$PIPELINE_DEPTH, -c64" ;;
         c1000) echo "keep-alive, -c1000" ;;
         close) echo "new connection per request, -c64" ;;
+        static4k) echo "4 KiB file, keep-alive, -c64" ;;
+        static1m) echo "1 MiB file, keep-alive, -c64" ;;
     esac
 }
 
 syscall_report() {
     local wl srv key row
-    echo "Syscalls per request: each server started fresh, \`strace -c -f -p PID\` attached (nginx: master and worker) after an untraced warm-up, then exactly N requests from \`taskset -c $CLIENT_CPU scripts/fixed_load.py --conns 64\` (HTTP/1.1; keep-alive, pipelined x$PIPELINE_DEPTH, or \`Connection: close\` with a new connection per request); one run each. Failed calls (mostly EAGAIN) count; their share is in parentheses. Tracing slows the server, which changes how many events each epoll_wait returns."
+    echo "Syscalls per request: each server started fresh, \`strace -c -f -p PID\` attached (nginx: master and worker) after an untraced warm-up, then exactly N requests from \`taskset -c $CLIENT_CPU scripts/fixed_load.py --conns 64\` (HTTP/1.1; keep-alive, pipelined x$PIPELINE_DEPTH, or \`Connection: close\` with a new connection per request${STATIC_SELECTED:+; the file rows are keep-alive GETs of the file}); one run each. Failed calls (mostly EAGAIN) count; their share is in parentheses. Tracing slows the server, which changes how many events each epoll_wait returns.${STATIC_SELECTED:+ strace sees sendfile but not the file reads inside an io_uring ring (they show up as io_uring_enter only).}"
     echo
     row="| workload | requests |"
     for srv in "${SERVERS[@]}"; do row+=" ${LABEL[$srv]} |"; done
@@ -932,11 +1059,11 @@ perfstat_report() {
     echo
     # The same runs, per syscall; failed calls (result < 0, mostly EAGAIN) in parentheses.
     evs=()
-    for name in accept4 recvfrom sendto writev epoll_ctl close; do
+    for name in accept4 recvfrom sendto writev epoll_ctl close sendfile64 openat; do
         [[ " ${PERF_EVENTS[*]} " == *" syscalls:sys_enter_$name "* ]] && evs+=("$name")
     done
     ((${#evs[@]})) || return 0
-    echo "The same runs, calls per request of the socket syscalls (failed calls, result < 0, in parentheses where counted):"
+    echo "The same runs, calls per request of the socket${STATIC_SELECTED:+ and file} syscalls (failed calls, result < 0, in parentheses where counted):"
     echo
     row="| workload | server |"
     for name in "${evs[@]}"; do row+=" $name |"; done
@@ -1012,8 +1139,8 @@ report() {
     echo "Command: \`$CMDLINE\`"
     echo
     echo "- Machine: $NPROC CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), kernel $(uname -r); coreloop $COMMIT$DIRTY${BENCH_REV:+ (built from git archive, work tree changes excluded)} (binary sha256 $COREL_SHA)"
-    echo "- Servers: one worker pinned to CPU $SERVER_CPU; \`taskset -c $SERVER_CPU target/release/coreloop --workers 1 --cpus $SERVER_CPU --port P --backend B --log-level warn --max-conns $MAX_CONNS --idle-timeout 120s\`; ${LABEL[nginx]} (Debian nginx-light) with worker_processes 1, worker_cpu_affinity, access_log off, keepalive_requests 10000000, worker_connections $MAX_CONNS (config generated by the script)"
-    echo "- Client: \`taskset -c $CLIENT_CPU wrk -t1 -cC -d$DURATION --latency http://127.0.0.1:P/plaintext\` (+ \`-s scripts/pipeline.lua -- $PIPELINE_DEPTH\` / \`-H 'Connection: close'\`); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)"
+    echo "- Servers: one worker pinned to CPU $SERVER_CPU; \`taskset -c $SERVER_CPU target/release/coreloop --workers 1 --cpus $SERVER_CPU --port P --backend B --log-level warn --max-conns $MAX_CONNS --idle-timeout 120s${COREL_ROOT[*]:+ --root DIR}\`; ${LABEL[nginx]} (Debian nginx-light) with worker_processes 1, worker_cpu_affinity, access_log off, keepalive_requests 10000000, worker_connections $MAX_CONNS, sendfile on, tcp_nopush off$( [[ $NGINX_FILE_CACHE == 1 ]] && echo ", open_file_cache max=1024 + open_file_cache_valid 1s")${STATIC_SELECTED:+, root DIR} (config generated by the script)"
+    echo "- Client: \`taskset -c $CLIENT_CPU wrk -t1 -cC -d$DURATION --latency http://127.0.0.1:P/plaintext\` (+ \`-s scripts/pipeline.lua -- $PIPELINE_DEPTH\` / \`-H 'Connection: close'\`)${STATIC_SELECTED:+; static workloads GET /4k.bin (4096 bytes) or /1m.bin (1048576 bytes) instead of /plaintext, random bytes in DIR, one directory per run}; $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)"
     local joined
     joined=$(IFS=';'; echo "${RESP_NOTES[*]}")
     echo "- Response sizes: ${joined//;/; }"
@@ -1021,14 +1148,17 @@ report() {
         joined=$(IFS=';'; echo "${SETUP_NOTES[*]}")
         echo "- Backend setup (one start at --log-level info): ${joined//;/; }"
     fi
-    echo "- Medians of $REPEAT run(s) of $DURATION each. CPU us/req = server utime+stime delta (/proc/PID/stat, all threads; nginx: master+worker) / requests completed. Ratio to nginx = coreloop CPU us/req / nginx CPU us/req of the medians (lower is better)$( ((HAVE_UE)) && echo "; ratio uring/epoll = coreloop (uring) CPU us/req / coreloop (epoll) CPU us/req")."
+    echo "- Medians of $REPEAT run(s) of $DURATION each. CPU us/req = server utime+stime delta (/proc/PID/stat, all threads; nginx: master+worker) / requests completed. Ratio to nginx = coreloop CPU us/req / nginx CPU us/req of the medians (lower is better)$( ((HAVE_UE)) && echo "; ratio uring/epoll = coreloop (uring) CPU us/req / coreloop (epoll) CPU us/req")${STATIC_SELECTED:+. MiB/s = the Transfer/sec of wrk (response heads and bodies, 2^20 bytes)}."
     echo
+    # MiB/s only when a static workload runs (the /plaintext tables keep their shape).
+    local mb_head="" mb_rule="" mb
+    if [[ -n $STATIC_SELECTED ]]; then mb_head=" MiB/s |"; mb_rule="---:|"; fi
     if ((HAVE_UE)); then
-        echo "| workload | server | req/s | p50 | p99 | CPU us/req | ratio to nginx | ratio uring/epoll |"
-        echo "|---|---|---:|---:|---:|---:|---:|---:|"
+        echo "| workload | server | req/s |$mb_head p50 | p99 | CPU us/req | ratio to nginx | ratio uring/epoll |"
+        echo "|---|---|---:|$mb_rule---:|---:|---:|---:|---:|"
     else
-        echo "| workload | server | req/s | p50 | p99 | CPU us/req | ratio to nginx |"
-        echo "|---|---|---:|---:|---:|---:|---:|"
+        echo "| workload | server | req/s |$mb_head p50 | p99 | CPU us/req | ratio to nginx |"
+        echo "|---|---|---:|$mb_rule---:|---:|---:|---:|"
     fi
     local wl srv key rps p50 p99 cpu ncpu ecpu ratio ue c
     for wl in $WORKLOADS; do
@@ -1039,13 +1169,18 @@ report() {
         for srv in "${SERVERS[@]}"; do
             key="$wl|$srv"
             if [[ -z ${RPS[$key]:-} ]]; then
-                echo "| $(wl_name "$wl") | ${LABEL[$srv]} | failed | | | | |$( ((HAVE_UE)) && echo ' |')"
+                echo "| $(wl_name "$wl") | ${LABEL[$srv]} | failed |${mb_head:+ |} | | | |$( ((HAVE_UE)) && echo ' |')"
                 continue
             fi
             read -r -a v <<<"${RPS[$key]}"; rps=$(median "${v[@]}")
             read -r -a v <<<"${P50[$key]}"; p50=$(median "${v[@]}")
             read -r -a v <<<"${P99[$key]}"; p99=$(median "${v[@]}")
             read -r -a v <<<"${CPU[$key]}"; cpu=$(median "${v[@]}")
+            mb=""
+            if [[ -n $mb_head ]]; then
+                read -r -a v <<<"${XFER[$key]}"
+                mb=" $(fmt_mib "$(median "${v[@]}")") |"
+            fi
             if [[ $wl == pipeline ]]; then
                 c=$(conns_of "$wl")
                 p50="$(fmt_lat "$(awk -v c="$c" -v d="$PIPELINE_DEPTH" -v r="$rps" 'BEGIN {printf "%.1f", c * d / r * 1e6}')") mean batch*"
@@ -1068,8 +1203,8 @@ report() {
                     ue=" $(awk -v a="$cpu" -v b="$ecpu" 'BEGIN {printf "%.2fx", a / b}') |"
                 fi
             fi
-            printf '| %s | %s | %s | %s | %s | %s | %s |%s\n' "$(wl_name "$wl")" "${LABEL[$srv]}" \
-                "$(awk -v r="$rps" 'BEGIN {printf "%.0f", r}')" "$p50" "$p99" \
+            printf '| %s | %s | %s |%s %s | %s | %s | %s |%s\n' "$(wl_name "$wl")" "${LABEL[$srv]}" \
+                "$(awk -v r="$rps" 'BEGIN {printf "%.0f", r}')" "$mb" "$p50" "$p99" \
                 "$(awk -v c="$cpu" 'BEGIN {printf "%.2f", c}')" "$ratio" "$ue"
         done
     done
