@@ -15,6 +15,7 @@ use common::net::{config, Client, TestServer};
 use common::Parsed;
 use coreloop::handler::{site, FilesConfig, SiteConfig};
 use coreloop::Backend;
+use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 
 per_backend!(
     serves_a_file_with_validators,
@@ -375,6 +376,12 @@ fn large_file_arrives_whole(backend: Backend) {
         data.extend_from_slice(&x.to_le_bytes());
     }
     fs::write(tree.root().join("large.bin"), &data).unwrap();
+    // Out of the page cache: the first GET takes the path that reads from
+    // disk (io_uring: ring reads), the second the cached one (sendfile).
+    let file = fs::File::open(tree.root().join("large.bin")).unwrap();
+    file.sync_all().unwrap();
+    posix_fadvise(&file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+    drop(file);
     let server = serve(backend, files(&tree.root()));
     let mut c = server.connect();
     for _ in 0..2 {

@@ -233,10 +233,12 @@ impl Conn {
     /// `handle_input(&[], ..)` to resume.
     pub fn on_sent(&mut self, n: usize, now: Instant, limits: &Limits, pool: &mut BufPool) -> bool {
         let was_blocked = self.pending() >= self.max_pending;
-        if self.in_flight > 0 {
-            self.in_flight -= n.min(self.in_flight);
-        } else {
-            self.advance(n, pool);
+        let taken = n.min(self.in_flight);
+        self.in_flight -= taken;
+        // Bytes past a taken buffer are the file range behind it: a backend
+        // may read a small file into the same buffer (`file_behind`).
+        if n > taken {
+            self.advance(n - taken, pool);
         }
         if self.queue.is_empty() && self.sent == self.out.len() && self.out.capacity() > 0 {
             self.sent = 0;
@@ -264,6 +266,18 @@ impl Conn {
     pub fn poll_file(&self) -> Option<&FileBody> {
         match self.queue.front() {
             Some(Chunk::File(f)) if self.in_flight == 0 => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The next file range when only bytes come before it: those that
+    /// `poll_transmit` offers, or those `take_transmit` moved out. A
+    /// backend may send both together (append the file's first bytes to
+    /// the taken buffer, or cork the bytes until the file follows); bytes
+    /// acknowledged past the taken buffer count against this range.
+    pub fn file_behind(&self) -> Option<&FileBody> {
+        match (self.queue.front(), self.queue.get(1)) {
+            (Some(Chunk::File(f)), _) | (Some(Chunk::Bytes(_)), Some(Chunk::File(f))) => Some(f),
             _ => None,
         }
     }

@@ -20,6 +20,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use nix::libc;
 use nix::sys::sendfile::sendfile64;
 use slab::Slab;
+use socket2::SockRef;
 
 use super::wheel::Wheel;
 use super::{Core, CoreReport, Env};
@@ -369,7 +370,15 @@ impl<H: Handler> Loop<H> {
         loop {
             let out = entry.conn.poll_transmit();
             let (len, wrote) = if !out.is_empty() {
-                (out.len(), entry.stream.write(out))
+                let wrote = if entry.conn.file_behind().is_some() {
+                    // Corked until sendfile adds the body: head and the
+                    // start of the file leave in one segment.
+                    SockRef::from(&entry.stream)
+                        .send_with_flags(out, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+                } else {
+                    entry.stream.write(out)
+                };
+                (out.len(), wrote)
             } else if let Some(file) = entry.conn.poll_file() {
                 if file_sent >= FILE_BYTES_PER_TURN {
                     self.ready.push((key, entry.gen));

@@ -26,15 +26,18 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use nix::errno::Errno;
 use nix::libc;
+use nix::sys::sendfile::sendfile64;
 use slab::Slab;
 
 use super::buf_ring::BufRing;
+use super::sys;
 use super::wheel::Wheel;
 use super::{Core, CoreReport, Env};
 use crate::config::Config;
@@ -49,6 +52,11 @@ const BUF_GROUP: u16 = 0;
 /// Bytes of a file body read per ring Read; fits the buffer pool's
 /// largest kept buffer, so file buffers are reused, not reallocated.
 const FILE_CHUNK: usize = 64 * 1024;
+/// A file this small that follows a response head is read into the head's
+/// buffer: one Read and one Send (one TCP segment) per response.
+const SMALL_FILE: u64 = 16 * 1024;
+/// File bytes one connection may send with sendfile per turn.
+const FILE_BYTES_PER_TURN: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -60,6 +68,7 @@ enum Op {
     Shutdown = 5,
     Wake = 6,
     Read = 7,
+    Writable = 8,
 }
 
 /// Operation, generation and slab key packed into a CQE's user_data.
@@ -94,6 +103,7 @@ impl UserData {
             5 => Op::Shutdown,
             6 => Op::Wake,
             7 => Op::Read,
+            8 => Op::Writable,
             _ => return None,
         };
         Some(UserData {
@@ -251,8 +261,9 @@ struct Entry {
     /// until fully sent (short sends continue from `sent`).
     sending: Option<Vec<u8>>,
     sent: usize,
-    /// A Send or a file Read is in flight (one output operation at most).
-    send_inflight: bool,
+    /// The output operation in flight, if any: a Send, a file Read, or a
+    /// wait for the socket to take more (after sendfile met EAGAIN).
+    out_op: Option<Op>,
     /// The buffer a file Read is filling; it becomes `sending` when the
     /// Read completes.
     reading: Option<Vec<u8>>,
@@ -483,6 +494,7 @@ impl<H: Handler> Loop<H> {
                 Op::Recv => self.on_recv(ud, res, flags),
                 Op::Send => self.on_send(ud, res),
                 Op::Read => self.on_read(ud, res),
+                Op::Writable => self.on_writable(ud, res),
                 Op::Cancel | Op::Shutdown => self.op_done(ud),
                 Op::Wake => self.on_wake(flags),
             }
@@ -516,8 +528,10 @@ impl<H: Handler> Loop<H> {
             return;
         }
         let fd = listener.as_raw_fd();
+        // Non-blocking, for the one call the loop makes itself (sendfile);
+        // the ring's own socket operations still wait by polling.
         let sqe = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build();
         if self.push(sqe, UserData::core(Op::Accept)).is_ok() {
             self.accept_armed = true;
@@ -587,7 +601,7 @@ impl<H: Handler> Loop<H> {
             recv_cancelled: false,
             sending: None,
             sent: 0,
-            send_inflight: false,
+            out_op: None,
             reading: None,
             eof: false,
             closing: false,
@@ -660,7 +674,7 @@ impl<H: Handler> Loop<H> {
             return;
         };
         e.ops -= 1;
-        e.send_inflight = false;
+        e.out_op = None;
         if res < 0 {
             if let Some(buf) = e.sending.take() {
                 self.env.pool.give(buf);
@@ -696,16 +710,18 @@ impl<H: Handler> Loop<H> {
             return;
         };
         e.ops -= 1;
-        e.send_inflight = false;
+        e.out_op = None;
         let Some(mut buf) = e.reading.take() else {
             return;
         };
+        let len = buf.len();
         match usize::try_from(res) {
-            Ok(n) if n > 0 && n <= buf.capacity() => {
+            Ok(n) if n > 0 && n <= buf.capacity() - len => {
                 // SAFETY: the kernel wrote `n` bytes at the start of `buf`'s
-                // spare capacity (the Read named that memory and that
-                // length), and `n` is within the capacity.
-                unsafe { buf.set_len(n) };
+                // spare capacity (the Read named that memory, at `len`, and
+                // at most the spare length), so `len + n` bytes are
+                // initialised and within the capacity.
+                unsafe { buf.set_len(len + n) };
                 e.sending = Some(buf);
                 e.sent = 0;
             }
@@ -714,6 +730,20 @@ impl<H: Handler> Loop<H> {
                 e.conn.handle_abort();
                 e.eof = true;
             }
+        }
+        self.mark(ud.key);
+    }
+
+    /// The socket can take more after sendfile met a full buffer.
+    fn on_writable(&mut self, ud: UserData, res: i32) {
+        let Some(e) = self.live(ud) else {
+            return;
+        };
+        e.ops -= 1;
+        e.out_op = None;
+        if res < 0 && -res != libc::ECANCELED {
+            e.conn.handle_abort();
+            e.eof = true;
         }
         self.mark(ud.key);
     }
@@ -760,38 +790,7 @@ impl<H: Handler> Loop<H> {
             self.try_release(key);
             return;
         }
-        if !e.send_inflight {
-            if e.sending.is_none() {
-                e.sending = e.conn.take_transmit();
-                e.sent = 0;
-            }
-            if let Some(buf) = &e.sending {
-                // Sends continue from `sent` after a short send. A buffer
-                // over 4 GiB goes out in several sends.
-                let rest = &buf[e.sent..];
-                let len = rest.len().min(u32::MAX as usize) as u32;
-                let sqe = opcode::Send::new(types::Fd(e.fd.as_raw_fd()), rest.as_ptr(), len)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build();
-                e.send_inflight = true;
-                self.push_for(key, Op::Send, sqe);
-            } else if let Some(file) = e.conn.poll_file() {
-                let len = usize::try_from(file.len()).map_or(FILE_CHUNK, |l| l.min(FILE_CHUNK));
-                let mut buf = self.env.pool.take();
-                buf.reserve(len);
-                // NOTE(cast): len <= FILE_CHUNK.
-                let sqe = opcode::Read::new(
-                    types::Fd(file.file().as_raw_fd()),
-                    buf.spare_capacity_mut().as_mut_ptr().cast::<u8>(),
-                    len as u32,
-                )
-                .offset(file.offset())
-                .build();
-                e.reading = Some(buf);
-                e.send_inflight = true;
-                self.push_for(key, Op::Read, sqe);
-            }
-        }
+        self.start_output(key);
         let Some(e) = self.conns.get_mut(key) else {
             return;
         };
@@ -826,6 +825,129 @@ impl<H: Handler> Loop<H> {
         self.arm(key);
     }
 
+    /// Starts the connection's next output operation unless one is in
+    /// flight: a Send of its pending bytes (with a small file read into
+    /// the same buffer first), or the next piece of a file body.
+    fn start_output(&mut self, key: usize) {
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
+        if e.out_op.is_some() {
+            return;
+        }
+        if e.sending.is_none() {
+            e.sending = e.conn.take_transmit();
+            e.sent = 0;
+            let small = e.conn.file_behind().filter(|f| f.len() <= SMALL_FILE);
+            if let (Some(buf), Some(file)) = (&e.sending, small) {
+                if buf.len() as u64 + file.len() <= FILE_CHUNK as u64 {
+                    let (fd, offset, len) = (file.file().as_raw_fd(), file.offset(), file.len());
+                    let buf = e.sending.take();
+                    // NOTE(cast): len <= SMALL_FILE.
+                    self.read_file(key, buf, fd, offset, len as usize);
+                    return;
+                }
+            }
+        }
+        if let Some(buf) = &e.sending {
+            // Sends continue from `sent` after a short send. A buffer over
+            // 4 GiB goes out in several sends.
+            let rest = &buf[e.sent..];
+            let len = rest.len().min(u32::MAX as usize) as u32;
+            let sqe = opcode::Send::new(types::Fd(e.fd.as_raw_fd()), rest.as_ptr(), len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build();
+            e.out_op = Some(Op::Send);
+            self.push_for(key, Op::Send, sqe);
+            return;
+        }
+        let Some(file) = e.conn.poll_file() else {
+            return;
+        };
+        let (fd, offset, left) = (file.file().as_raw_fd(), file.offset(), file.len());
+        let span = left.min(FILE_BYTES_PER_TURN as u64);
+        if left > SMALL_FILE && sys::is_cached(fd, offset, span) {
+            self.send_file(key);
+        } else {
+            // NOTE(cast): bounded by FILE_CHUNK.
+            self.read_file(key, None, fd, offset, left.min(FILE_CHUNK as u64) as usize);
+        }
+    }
+
+    /// Queues a ring Read of `len` file bytes appended to `buf` (a fresh
+    /// pooled buffer if `None`); the buffer is sent when it completes. The
+    /// kernel serves it from the page cache, or from io-wq on a miss: the
+    /// loop never waits for the disk.
+    fn read_file(&mut self, key: usize, buf: Option<Vec<u8>>, fd: RawFd, offset: u64, len: usize) {
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut buf = buf.unwrap_or_else(|| self.env.pool.take());
+        buf.reserve_exact(len);
+        // NOTE(cast): len <= FILE_CHUNK.
+        let sqe = opcode::Read::new(
+            types::Fd(fd),
+            buf.spare_capacity_mut().as_mut_ptr().cast::<u8>(),
+            len as u32,
+        )
+        .offset(offset)
+        .build();
+        e.reading = Some(buf);
+        e.out_op = Some(Op::Read);
+        self.push_for(key, Op::Read, sqe);
+    }
+
+    /// sendfile(2) straight from the loop, for file ranges the page cache
+    /// holds (checked with cachestat), so it copies nothing and never
+    /// waits for the disk. On a full socket it waits for POLLOUT through
+    /// the ring; after `FILE_BYTES_PER_TURN` it yields to other connections.
+    fn send_file(&mut self, key: usize) {
+        let now = self.now;
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut budget = FILE_BYTES_PER_TURN;
+        while let Some(file) = e.conn.poll_file() {
+            let len = usize::try_from(file.len()).map_or(budget, |l| l.min(budget));
+            let Ok(mut offset) = i64::try_from(file.offset()) else {
+                e.conn.handle_abort();
+                break;
+            };
+            match sendfile64(&e.fd, file.file(), Some(&mut offset), len) {
+                Ok(0) => {
+                    // The file shrank under a response that promised more.
+                    e.conn.handle_abort();
+                    break;
+                }
+                Ok(n) => {
+                    self.env.stats.bytes_out.add(n as u64);
+                    let env = &mut self.env;
+                    if e.conn.on_sent(n, now, &env.limits, &mut env.pool) {
+                        e.conn.handle_input(&[], &mut env.ctx(now));
+                    }
+                    budget -= n;
+                    if budget == 0 {
+                        break;
+                    }
+                }
+                Err(Errno::EAGAIN) => {
+                    let poll =
+                        opcode::PollAdd::new(types::Fd(e.fd.as_raw_fd()), libc::POLLOUT as u32);
+                    e.out_op = Some(Op::Writable);
+                    self.push_for(key, Op::Writable, poll.build());
+                    return;
+                }
+                Err(Errno::EINTR) => {}
+                Err(_) => {
+                    e.conn.handle_abort();
+                    e.eof = true;
+                    break;
+                }
+            }
+        }
+        self.mark(key);
+    }
+
     /// Starts closing a slot: cancels what is in flight; the slot is
     /// released when the last completion arrives.
     fn begin_close(&mut self, key: usize) {
@@ -835,11 +957,7 @@ impl<H: Handler> Loop<H> {
         if !e.closing {
             e.closing = true;
             let recv = e.recv_armed && !e.recv_cancelled;
-            let send = e.send_inflight.then_some(if e.reading.is_some() {
-                Op::Read
-            } else {
-                Op::Send
-            });
+            let send = e.out_op;
             if recv {
                 e.recv_cancelled = true;
                 self.cancel_slot(key, Op::Recv);
@@ -1000,6 +1118,7 @@ mod tests {
             Op::Shutdown,
             Op::Wake,
             Op::Read,
+            Op::Writable,
         ] {
             let ud = UserData {
                 op,
