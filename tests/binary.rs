@@ -333,3 +333,45 @@ fn io_uring_refused_falls_back_or_fails() {
         "{err}"
     );
 }
+
+/// Every closed connection gives its descriptor back (io_uring closes
+/// through the ring): after 200 connections come and go, the process holds
+/// as many descriptors as before.
+#[test]
+fn closed_connections_release_their_descriptors() {
+    let backends: &[&str] = if common::net::uring_available() {
+        &["epoll", "uring"]
+    } else {
+        &["epoll"]
+    };
+    for backend in backends {
+        let (mut child, addr, _rx) = start(&["--backend", backend, "--no-files"]);
+        let fds = || {
+            std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        let mut warm = Client::connect(addr);
+        assert_eq!(warm.get("/healthz").status, 200);
+        drop(warm);
+        thread::sleep(Duration::from_millis(200));
+        let before = fds();
+        for i in 0..200 {
+            let mut c = Client::connect(addr);
+            if i % 2 == 0 {
+                c.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+                assert_eq!(c.read_response().expect("response").status, 200);
+                assert!(
+                    c.closed_within(Duration::from_secs(5)),
+                    "{backend}: not closed"
+                );
+            } else {
+                assert_eq!(c.get("/plaintext").status, 200);
+            }
+        }
+        let settled = common::net::eventually(Duration::from_secs(5), || fds() <= before);
+        assert!(settled, "{backend}: {} descriptors, {before} before", fds());
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+    }
+}

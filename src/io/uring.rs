@@ -26,7 +26,7 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -70,6 +70,7 @@ enum Op {
     Wake = 6,
     Read = 7,
     Writable = 8,
+    Close = 9,
 }
 
 /// Operation, generation and slab key packed into a CQE's user_data.
@@ -105,6 +106,7 @@ impl UserData {
             6 => Op::Wake,
             7 => Op::Read,
             8 => Op::Writable,
+            9 => Op::Close,
             _ => return None,
         };
         Some(UserData {
@@ -219,6 +221,7 @@ pub fn probe(config: &Config) -> Result<(), String> {
         ("recv", opcode::RecvMulti::CODE),
         ("send", opcode::Send::CODE),
         ("read", opcode::Read::CODE),
+        ("close", opcode::Close::CODE),
         ("async_cancel", opcode::AsyncCancel::CODE),
         ("shutdown", opcode::Shutdown::CODE),
         ("poll_add", opcode::PollAdd::CODE),
@@ -258,6 +261,8 @@ struct Entry {
     ops: u32,
     recv_armed: bool,
     recv_cancelled: bool,
+    /// No receive was armed yet (the first one is single-shot).
+    fresh: bool,
     /// The buffer being sent and how much of it went out; it stays here
     /// until fully sent (short sends continue from `sent`).
     sending: Option<Vec<u8>>,
@@ -496,6 +501,7 @@ impl<H: Handler> Loop<H> {
                 Op::Send => self.on_send(ud, res),
                 Op::Read => self.on_read(ud, res),
                 Op::Writable => self.on_writable(ud, res),
+                Op::Close => {}
                 Op::Cancel | Op::Shutdown => self.op_done(ud),
                 Op::Wake => self.on_wake(flags),
             }
@@ -600,6 +606,7 @@ impl<H: Handler> Loop<H> {
             ops: 0,
             recv_armed: false,
             recv_cancelled: false,
+            fresh: true,
             sending: None,
             sent: 0,
             out_op: None,
@@ -625,7 +632,18 @@ impl<H: Handler> Loop<H> {
         }
         e.recv_armed = true;
         e.recv_cancelled = false;
-        let sqe = opcode::RecvMulti::new(types::Fd(e.fd.as_raw_fd()), self.bufs.group()).build();
+        let fd = types::Fd(e.fd.as_raw_fd());
+        // A new connection's first receive is single-shot: a client that
+        // sends one request and closes (Connection: close) then leaves no
+        // receive to cancel before the close. Multishot from the second.
+        let sqe = if std::mem::take(&mut e.fresh) {
+            opcode::Recv::new(fd, std::ptr::null_mut(), 0)
+                .buf_group(self.bufs.group())
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(fd, self.bufs.group()).build()
+        };
         self.push_for(key, Op::Recv, sqe);
     }
 
@@ -1017,7 +1035,13 @@ impl<H: Handler> Loop<H> {
         for buf in [e.sending, e.reading].into_iter().flatten() {
             self.env.pool.give(buf);
         }
-        drop(e.fd);
+        // Closed by the ring with the next enter, not by a close(2) of its
+        // own; the number stays allocated until then, so it is not reused
+        // early. If the ring refuses the SQE, the descriptor is closed here.
+        let close = opcode::Close::new(types::Fd(e.fd.as_raw_fd())).build();
+        if self.push(close, UserData::core(Op::Close)).is_ok() {
+            let _ = e.fd.into_raw_fd();
+        }
         self.env.stats.closed.inc();
         self.env.stats.active.sub(1);
         if !self.accept_armed && self.accept_retry.is_none() {
@@ -1126,6 +1150,8 @@ impl<H: Handler> Loop<H> {
                 self.begin_close(key);
             }
         }
+        // Closes queued by the last releases run inside this enter.
+        let _ = self.ring.submit();
         self.listener = None;
         if let Err(e) = self.bufs.unregister(&self.ring.submitter()) {
             log::debug!("core {}: unregister buffer ring: {e}", self.id);
@@ -1158,6 +1184,7 @@ mod tests {
             Op::Wake,
             Op::Read,
             Op::Writable,
+            Op::Close,
         ] {
             let ud = UserData {
                 op,
