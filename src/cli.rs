@@ -90,6 +90,13 @@ pub struct Args {
     /// io_uring: pin the SQPOLL thread to this CPU.
     #[arg(long)]
     sqpoll_cpu: Option<u32>,
+    /// io_uring: wait for N completions per wake-up (at most
+    /// --ring-batch-wait, then one is enough). Linux 6.12+.
+    #[arg(long, value_name = "N")]
+    ring_batch: Option<u32>,
+    /// io_uring: the longest a wake-up waits to fill --ring-batch.
+    #[arg(long, default_value = "50us", value_parser = parse_duration, requires = "ring_batch")]
+    ring_batch_wait: Duration,
     /// Directory whose files answer GET and HEAD for paths no route claims.
     #[arg(long, value_name = "DIR", default_value = ".")]
     root: PathBuf,
@@ -181,6 +188,7 @@ impl Args {
             buf_count: self.buf_count,
             sqpoll: self.sqpoll,
             sqpoll_cpu: self.sqpoll_cpu,
+            ring_batch: self.ring_batch.map(|n| (n, self.ring_batch_wait)),
             handle_signals: true,
             stats_interval: self.stats,
         };
@@ -263,11 +271,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let secs = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
+        "us" => value / 1e6,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         _ => {
             return Err(format!(
-                "invalid duration unit in {text:?}: use ms, s, m or h"
+                "invalid duration unit in {text:?}: use us, ms, s, m or h"
             ))
         }
     };

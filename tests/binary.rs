@@ -215,6 +215,9 @@ fn bad_flags_print_one_line_and_exit_2() {
         &["--metrics-path", "/a b"],
         &["--no-metrics", "--metrics-path", "/m"],
         &["--no-files", "--dir-listing"],
+        &["--ring-batch", "1"],
+        &["--ring-batch-wait", "10us"],
+        &["--ring-batch", "8", "--ring-batch-wait", "2s"],
     ] {
         let (code, stderr) = run_fails(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

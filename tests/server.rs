@@ -372,6 +372,39 @@ fn uring_with_sqpoll_serves() {
     }
 }
 
+/// The batched wait knob: a lone request still gets its answer (the wait
+/// gives up after --ring-batch-wait), and a burst is served whole.
+#[test]
+fn uring_with_batched_waits_serves() {
+    if !common::net::uring_available() {
+        return;
+    }
+    let mut cfg = config(Backend::Uring);
+    cfg.ring_batch = Some((16, Duration::from_micros(100)));
+    cfg.workers = Some(1);
+    if coreloop::io::uring::probe(&cfg).is_err() {
+        eprintln!("skipping: this kernel has no IORING_FEAT_MIN_TIMEOUT");
+        return;
+    }
+    let server = TestServer::start(cfg);
+    let mut c = server.connect();
+    let start = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(c.get("/plaintext").status, 200);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "waits gave up in time"
+    );
+    let mut clients: Vec<_> = (0..8).map(|_| server.connect()).collect();
+    for c in &mut clients {
+        c.send(b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    for c in &mut clients {
+        assert_eq!(c.read_response().unwrap().status, 200);
+    }
+}
+
 /// With a tiny provided-buffer ring, receives run the ring dry (ENOBUFS):
 /// the server re-arms and slows down, it does not fail or lose bytes.
 #[test]

@@ -212,6 +212,9 @@ pub fn probe(config: &Config) -> Result<(), String> {
         ));
     }
     let (ring, _, _) = build_ring(config).map_err(|e| setup_reason(&e))?;
+    if config.ring_batch.is_some() && !ring.params().is_feature_min_timeout() {
+        return Err("--ring-batch needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12+)".into());
+    }
     let mut probe = Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
@@ -300,6 +303,8 @@ struct Loop<H> {
     now: Instant,
     next_gen: u32,
     max_conns: usize,
+    /// `Config::ring_batch`: completions per wait, and for how long.
+    batch: Option<(u32, Duration)>,
     linger: Duration,
     shutdown: crate::shutdown::Shutdown,
     shutdown_timeout: Duration,
@@ -343,6 +348,7 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
         now,
         next_gen: 0,
         max_conns: config.max_conns,
+        batch: config.ring_batch,
         linger: config.linger_timeout,
         shutdown: core.shutdown,
         shutdown_timeout: config.shutdown_timeout,
@@ -388,11 +394,21 @@ impl<H: Handler> Loop<H> {
     fn submit_and_wait(&mut self) -> io::Result<()> {
         let timeout = self.wait_timeout();
         self.env.stats.ring_enters.inc();
+        let (want, min_wait) = match self.batch {
+            Some((n, wait)) => (n, u32::try_from(wait.as_micros()).unwrap_or(u32::MAX)),
+            None => (1, 0),
+        };
         let result = match timeout {
             Some(d) => {
                 let ts = types::Timespec::from(d);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+                let args = types::SubmitArgs::new()
+                    .timespec(&ts)
+                    .min_wait_usec(min_wait);
+                self.ring.submitter().submit_with_args(want as usize, &args)
+            }
+            None if want > 1 => {
+                let args = types::SubmitArgs::new().min_wait_usec(min_wait);
+                self.ring.submitter().submit_with_args(want as usize, &args)
             }
             None => self.ring.submitter().submit_and_wait(1),
         };

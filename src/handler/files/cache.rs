@@ -146,3 +146,56 @@ fn open_beneath(root: &OwnedFd, rel: &[u8]) -> io::Result<Opened> {
         file: Arc::new(file),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory with files a, b, c and a symlink out of it.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("coreloop-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["a", "b", "c"] {
+            std::fs::write(dir.join(f), f).unwrap();
+        }
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("out")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn bounded_and_trusted_only_while_valid() {
+        let dir = scratch("bounded");
+        let root = open_root(&dir).unwrap();
+        let mut cache = OpenCache::new(2);
+        let t0 = Instant::now();
+        let a = cache.get(&root, b"a", t0).unwrap();
+        assert!(
+            Arc::ptr_eq(&a, &cache.get(&root, b"a", t0).unwrap()),
+            "served from the cache"
+        );
+        cache.get(&root, b"b", t0).unwrap();
+        cache.get(&root, b"c", t0).unwrap();
+        assert_eq!(cache.slots.len(), 2, "never more than its capacity");
+        let later = t0 + VALID;
+        let a2 = cache.get(&root, b"a", later).unwrap();
+        assert!(!Arc::ptr_eq(&a, &a2), "reopened once stale");
+        assert_eq!(a2.size, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn refuses_to_leave_the_root() {
+        let dir = scratch("beneath");
+        let root = open_root(&dir).unwrap();
+        let mut cache = OpenCache::new(0);
+        let now = Instant::now();
+        for rel in [&b"out"[..], b"../etc/hostname", b"/etc/hostname"] {
+            let err = cache.get(&root, rel, now).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(nix::libc::EXDEV), "{rel:?}");
+        }
+        assert!(cache.slots.is_empty(), "errors are not cached");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -168,6 +168,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// A range answer always lies inside the file and is never empty.
+        #[test]
+        fn ranges_stay_inside_the_file(
+            first in proptest::option::of(0u64..2000),
+            last in proptest::option::of(0u64..2000),
+            size in 0u64..1500,
+        ) {
+            let spec = format!(
+                "bytes={}-{}",
+                first.map(|f| f.to_string()).unwrap_or_default(),
+                last.map(|l| l.to_string()).unwrap_or_default()
+            );
+            if let Part::Range { start, len } = parse_range(spec.as_bytes(), size) {
+                proptest::prop_assert!(len >= 1, "{spec}");
+                proptest::prop_assert!(start + len <= size, "{spec} of {size}");
+            }
+        }
+    }
+
     #[test]
     fn weak_comparison_for_if_none_match() {
         assert!(matches_any(b"\"a\", W/\"b\"", b"\"b\""));

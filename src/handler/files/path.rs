@@ -121,6 +121,29 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever the request path, an accepted one names a place
+        /// beneath the root: no `..` segment, no NUL, no leading or
+        /// doubled slash, and no hidden segment unless asked.
+        #[test]
+        fn accepted_paths_stay_beneath_the_root(
+            raw in "(/|%2[eEfF]|%5[cC]|%00|%25|\\\\|\\.|\\.\\.|[a-z]){0,24}",
+            hidden: bool,
+        ) {
+            if let Ok(r) = resolve(&raw, hidden) {
+                proptest::prop_assert!(!r.rel.contains(&0));
+                proptest::prop_assert!(!r.rel.starts_with(b"/"));
+                for seg in r.rel.split(|&b| b == b'/') {
+                    proptest::prop_assert!(r.rel.is_empty() || !seg.is_empty());
+                    proptest::prop_assert!(seg != b"..");
+                    proptest::prop_assert!(seg != b".");
+                    proptest::prop_assert!(!seg.split(|&b| b == b'\\').any(|p| p == b".."));
+                    proptest::prop_assert!(hidden || !seg.starts_with(b"."));
+                }
+            }
+        }
+    }
+
     #[test]
     fn hides_dotfiles_unless_asked() {
         assert_eq!(rel("/.env"), Err(Refusal::Hidden));
