@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -183,6 +184,9 @@ impl Bound {
         }
         let factory = Arc::new(factory);
         let stats_all = self.stats.clone();
+        // Ends the stats printer when the cores end without a shutdown
+        // (every core failed).
+        let cores_done = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for (id, ((cpu, listener), stats)) in self.cores.into_iter().zip(self.stats).enumerate() {
             let core = Core {
@@ -208,7 +212,7 @@ impl Bound {
         let stats_thread = self
             .config
             .stats_interval
-            .map(|every| spawn_stats(every, stats_all, self.shutdown.clone()));
+            .map(|every| spawn_stats(every, stats_all, self.shutdown.clone(), cores_done.clone()));
         let mut report = Report::default();
         let mut failure = None;
         for (id, thread) in threads.into_iter().enumerate() {
@@ -232,6 +236,7 @@ impl Bound {
                 }
             }
         }
+        cores_done.store(true, Ordering::Relaxed);
         if let Some(Ok(thread)) = stats_thread {
             let _ = thread.join();
         }
@@ -247,18 +252,20 @@ fn spawn_stats(
     every: Duration,
     stats: Vec<Arc<CachePadded<CoreStats>>>,
     shutdown: Shutdown,
+    cores_done: Arc<AtomicBool>,
 ) -> io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("coreloop-stats".into())
         .spawn(move || {
             let mut line = StatsLine::new(&stats);
             let mut last = Instant::now();
-            while !shutdown.is_triggered() {
+            let stop = || shutdown.is_triggered() || cores_done.load(Ordering::Relaxed);
+            while !stop() {
                 let due = last + every;
-                while Instant::now() < due && !shutdown.is_triggered() {
+                while Instant::now() < due && !stop() {
                     thread::sleep(Duration::from_millis(50).min(every));
                 }
-                if shutdown.is_triggered() {
+                if stop() {
                     break;
                 }
                 let now = Instant::now();

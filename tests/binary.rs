@@ -378,3 +378,25 @@ fn closed_connections_release_their_descriptors() {
         assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
     }
 }
+
+/// With every core failed at start (too few descriptors for a poller),
+/// the process exits 1 even with the --stats printer running.
+#[test]
+fn failed_cores_end_the_process_with_stats_on() {
+    let mut child = Command::new("prlimit")
+        .args([
+            "--nofile=6:6",
+            BIN,
+            "--port",
+            "0",
+            "--no-pin",
+            "--workers",
+            "1",
+        ])
+        .args(["--backend", "epoll", "--stats", "1", "--no-files"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn under prlimit");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(1));
+}

@@ -968,3 +968,43 @@ fn file_body_counts_as_pending_output() {
     assert!(h.conn.is_done());
     let _ = std::fs::remove_file(path);
 }
+
+/// EOF while complete requests wait behind unsent output (backpressure):
+/// they are still answered, then the connection closes.
+#[test]
+fn eof_answers_requests_waiting_behind_output() {
+    let mut h = Harness::new();
+    h.input(
+        b"GET /big?300000 HTTP/1.1\r\nHost: a\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert!(
+        !h.conn.wants_read(),
+        "300 kB pending blocks the second request"
+    );
+    h.conn.handle_eof();
+    assert!(!h.conn.is_done());
+    h.flush();
+    let rs = h.responses();
+    assert_eq!(rs.len(), 2, "both requests answered");
+    assert_eq!(rs[1].body, b"Hello, World!");
+    assert!(h.conn.is_done(), "closes once everything is sent");
+}
+
+/// A short write of a head that a file body follows keeps the byte
+/// accounting right (pending output never underflows).
+#[test]
+fn short_write_of_a_file_head() {
+    let (router, expected, path) = file_router();
+    let mut h = Harness::new();
+    h.router = router;
+    h.input(b"GET /file HTTP/1.1\r\nHost: a\r\n\r\n");
+    let head = h.conn.poll_transmit().to_vec();
+    h.wire.extend_from_slice(&head[..10]);
+    h.ack(10);
+    assert!(h.conn.wants_read());
+    h.flush();
+    let rs = h.responses();
+    assert_eq!(rs[0].body, expected);
+    assert!(h.conn.is_idle());
+    let _ = std::fs::remove_file(path);
+}

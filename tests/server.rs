@@ -28,7 +28,22 @@ per_backend!(
     panicking_handler_answers_500_and_core_survives,
     shutdown_answers_in_flight_and_closes_idle,
     runs_on_the_backend_it_names,
+    half_close_with_the_request_is_answered_and_closed,
 );
+
+/// A request and the client's FIN in one go: answered, then closed at
+/// once (not at the idle timeout).
+fn half_close_with_the_request_is_answered_and_closed(backend: Backend) {
+    let server = TestServer::start(config(backend));
+    let mut c = server.connect();
+    c.send(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(c.read_response().unwrap().body, b"Hello, World!");
+    assert!(
+        c.closed_within(Duration::from_secs(2)),
+        "closed after the FIN"
+    );
+}
 
 /// The counters prove which kernel interface served the requests.
 fn runs_on_the_backend_it_names(backend: Backend) {

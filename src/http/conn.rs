@@ -114,6 +114,8 @@ pub struct Conn {
     /// Bytes were dropped or may still come after the close decision:
     /// the backend must drain them before closing (see `lingers`).
     linger: bool,
+    /// The peer sent EOF.
+    peer_done: bool,
     max_pending: usize,
     deadlines: [Option<Instant>; 4],
 }
@@ -136,6 +138,7 @@ impl Conn {
             decoded: Vec::new(),
             draining: false,
             linger: false,
+            peer_done: false,
             max_pending: limits.max_pending_output,
             deadlines: [None; 4],
         };
@@ -172,16 +175,22 @@ impl Conn {
         if self.input.is_empty() && self.input.capacity() > 0 {
             ctx.pool.give(mem::take(&mut self.input));
         }
+        if self.peer_done && !self.waits_on_output() && self.phase != Phase::Closed {
+            self.phase = Phase::Closing;
+        }
         self.rearm(ctx.now, ctx.limits, !data.is_empty());
     }
 
-    /// The peer will send no more. A partial request can never complete,
-    /// so the connection finishes what it owes and closes.
+    /// The peer will send no more. Complete requests still waiting behind
+    /// unsent output are answered first (`handle_input(&[], ..)` after
+    /// `on_sent` says so); a partial request can never complete. Then the
+    /// connection finishes what it owes and closes.
     pub fn handle_eof(&mut self) {
-        if self.phase != Phase::Closed {
+        self.peer_done = true;
+        self.linger = false;
+        if !self.waits_on_output() && self.phase != Phase::Closed {
             self.phase = Phase::Closing;
         }
-        self.linger = false;
     }
 
     /// The transport failed (reset, send error): drop all output and close
@@ -362,9 +371,17 @@ impl Conn {
     }
 
     fn pending(&self) -> usize {
-        // NOTE(cast): saturates a queued file over usize::MAX (32-bit only).
-        let queued = usize::try_from(self.queued).unwrap_or(usize::MAX);
-        (self.in_flight + self.out.len() - self.sent).saturating_add(queued)
+        // `sent` counts into the first byte chunk, which is either the
+        // queue's front or `out`: subtract it from the total.
+        // NOTE(cast): usize fits in u64; a total over usize::MAX (32-bit
+        // targets only) saturates.
+        let total = self.in_flight as u64 + self.queued + self.out.len() as u64;
+        usize::try_from(total - self.sent as u64).unwrap_or(usize::MAX)
+    }
+
+    /// Complete requests are buffered, waiting for output to drain.
+    fn waits_on_output(&self) -> bool {
+        !self.input.is_empty() && self.pending() >= self.max_pending && self.phase == Phase::Head
     }
 
     /// Moves `n` sent bytes past the front of the output.

@@ -55,6 +55,8 @@ struct Entry {
     armed: Option<u64>,
     /// The kernel may hold bytes we have not read (edge-triggered).
     unread: bool,
+    /// The peer shut its side (EPOLLRDHUP): read until 0.
+    peer_closed: bool,
     /// Write side shut; reading and dropping until EOF or this deadline.
     linger_until: Option<Instant>,
 }
@@ -143,11 +145,7 @@ impl<H: Handler> Loop<H> {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    Token(key) => self.on_event(
-                        key,
-                        event.is_readable() || event.is_read_closed() || event.is_error(),
-                        event.is_writable(),
-                    ),
+                    Token(key) => self.on_event(key, event),
                 }
             }
             self.run_ready();
@@ -275,6 +273,7 @@ impl<H: Handler> Loop<H> {
             gen: self.next_gen,
             armed: None,
             unread: true,
+            peer_closed: false,
             linger_until: None,
         });
         self.env.stats.accepted.inc();
@@ -282,13 +281,19 @@ impl<H: Handler> Loop<H> {
         self.arm(key);
     }
 
-    fn on_event(&mut self, key: usize, readable: bool, writable: bool) {
+    fn on_event(&mut self, key: usize, event: &mio::event::Event) {
         let Some(entry) = self.conns.get_mut(key) else {
             return;
         };
+        let closed = event.is_read_closed() || event.is_error();
+        let readable = event.is_readable() || closed;
+        let writable = event.is_writable();
         if readable {
             entry.unread = true;
         }
+        // A FIN that came with the last bytes ends this edge: the short
+        // read that drains them must not be taken as "nothing more".
+        entry.peer_closed |= closed;
         if entry.linger_until.is_some() {
             self.linger_read(key);
             return;
@@ -348,7 +353,7 @@ impl<H: Handler> Loop<H> {
                     return Ok(());
                 }
                 Ok(n) => {
-                    entry.unread = n == self.scratch.len();
+                    entry.unread = n == self.scratch.len() || entry.peer_closed;
                     entry
                         .conn
                         .handle_input(&self.scratch[..n], &mut self.env.ctx(self.now));
@@ -374,6 +379,7 @@ impl<H: Handler> Loop<H> {
         let mut file_sent = 0;
         loop {
             let out = entry.conn.poll_transmit();
+            let from_file = out.is_empty();
             let (len, wrote) = if !out.is_empty() {
                 let wrote = if entry
                     .conn
@@ -409,8 +415,10 @@ impl<H: Handler> Loop<H> {
                         entry.conn.handle_input(&[], &mut env.ctx(self.now));
                         return Ok(true);
                     }
-                    if n < len {
+                    if n < len && !from_file {
                         // The socket buffer is full: a writable edge follows.
+                        // (A short sendfile may instead mean the file ended:
+                        // the next call says which, EAGAIN or 0.)
                         return Ok(false);
                     }
                 }

@@ -26,7 +26,7 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -43,7 +43,7 @@ use super::wheel::Wheel;
 use super::{Core, CoreReport, Env};
 use crate::config::Config;
 use crate::handler::Handler;
-use crate::http::Conn;
+use crate::http::{Conn, FileBody};
 use crate::shutdown::Wake;
 
 /// How long accept stays paused after EMFILE/ENFILE before it is re-armed.
@@ -276,6 +276,9 @@ struct Entry {
     /// The buffer a file Read is filling; it becomes `sending` when the
     /// Read completes.
     reading: Option<Vec<u8>>,
+    /// The file that Read reads from, held here so its descriptor stays
+    /// open until the Read completes (the connection may drop its copy).
+    reading_from: Option<FileBody>,
     eof: bool,
     closing: bool,
     linger_until: Option<Instant>,
@@ -398,17 +401,20 @@ impl<H: Handler> Loop<H> {
             Some((n, wait)) => (n, u32::try_from(wait.as_micros()).unwrap_or(u32::MAX)),
             None => (1, 0),
         };
+        // min_wait without an overall timeout returns ETIME at once on an
+        // idle ring: batch only waits that have a deadline past min_wait.
         let result = match timeout {
-            Some(d) => {
+            Some(d) if want > 1 && d.as_micros() > u128::from(min_wait) => {
                 let ts = types::Timespec::from(d);
                 let args = types::SubmitArgs::new()
                     .timespec(&ts)
                     .min_wait_usec(min_wait);
                 self.ring.submitter().submit_with_args(want as usize, &args)
             }
-            None if want > 1 => {
-                let args = types::SubmitArgs::new().min_wait_usec(min_wait);
-                self.ring.submitter().submit_with_args(want as usize, &args)
+            Some(d) => {
+                let ts = types::Timespec::from(d);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
             }
             None => self.ring.submitter().submit_and_wait(1),
         };
@@ -627,6 +633,7 @@ impl<H: Handler> Loop<H> {
             sent: 0,
             out_op: None,
             reading: None,
+            reading_from: None,
             eof: false,
             closing: false,
             linger_until: None,
@@ -746,6 +753,7 @@ impl<H: Handler> Loop<H> {
         };
         e.ops -= 1;
         e.out_op = None;
+        e.reading_from = None;
         let Some(mut buf) = e.reading.take() else {
             return;
         };
@@ -876,10 +884,10 @@ impl<H: Handler> Loop<H> {
             let small = e.conn.file_behind().filter(|f| f.len() <= SMALL_FILE);
             if let (Some(buf), Some(file)) = (&e.sending, small) {
                 if buf.len() as u64 + file.len() <= FILE_CHUNK as u64 {
-                    let (fd, offset, len) = (file.file().as_raw_fd(), file.offset(), file.len());
+                    let (file, len) = (file.clone(), file.len());
                     let buf = e.sending.take();
                     // NOTE(cast): len <= SMALL_FILE.
-                    self.read_file(key, buf, fd, offset, len as usize);
+                    self.read_file(key, buf, file, len as usize);
                     return;
                 }
             }
@@ -910,8 +918,9 @@ impl<H: Handler> Loop<H> {
         if left > SMALL_FILE && sys::is_cached(fd, offset, span) {
             self.send_file(key);
         } else {
+            let file = file.clone();
             // NOTE(cast): bounded by FILE_CHUNK.
-            self.read_file(key, None, fd, offset, left.min(FILE_CHUNK as u64) as usize);
+            self.read_file(key, None, file, left.min(FILE_CHUNK as u64) as usize);
         }
     }
 
@@ -951,10 +960,11 @@ impl<H: Handler> Loop<H> {
     /// pooled buffer if `None`); the buffer is sent when it completes. The
     /// kernel serves it from the page cache, or from io-wq on a miss: the
     /// loop never waits for the disk.
-    fn read_file(&mut self, key: usize, buf: Option<Vec<u8>>, fd: RawFd, offset: u64, len: usize) {
+    fn read_file(&mut self, key: usize, buf: Option<Vec<u8>>, file: FileBody, len: usize) {
         let Some(e) = self.conns.get_mut(key) else {
             return;
         };
+        let (fd, offset) = (file.file().as_raw_fd(), file.offset());
         let mut buf = buf.unwrap_or_else(|| self.env.pool.take());
         buf.reserve_exact(len);
         // NOTE(cast): len <= FILE_CHUNK.
@@ -966,6 +976,7 @@ impl<H: Handler> Loop<H> {
         .offset(offset)
         .build();
         e.reading = Some(buf);
+        e.reading_from = Some(file);
         e.out_op = Some(Op::Read);
         self.push_for(key, Op::Read, sqe);
     }

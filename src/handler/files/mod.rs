@@ -20,6 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
+
 use super::router::KNOWN_METHODS;
 use crate::http::{Body, FileBody, Request, Response};
 use cache::{OpenCache, Opened};
@@ -27,6 +29,23 @@ use cond::Part;
 use path::Refusal;
 
 pub use cache::VALID as FILE_CACHE_VALID;
+
+/// Bytes escaped in a redirect's path: controls, space, and what would
+/// change how the Location parses (`?`, `#`, `%`, `\`, quotes, brackets).
+const LOCATION: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
 
 /// How the static-file handler behaves.
 #[derive(Clone, Debug)]
@@ -108,7 +127,7 @@ impl Files {
             };
         }
         if !resolved.dir {
-            return redirect_to_dir(req);
+            return redirect_to_dir(req, &resolved.rel);
         }
         let mut index = resolved.rel.clone();
         if !index.is_empty() {
@@ -169,9 +188,11 @@ fn file_response(req: &Request<'_>, file: &Opened) -> Response {
 }
 
 /// A directory named without its trailing slash: relative links in its
-/// index only work from `/dir/`, so send the client there.
-fn redirect_to_dir(req: &Request<'_>) -> Response {
-    let mut location = format!("{}/", req.path());
+/// index only work from `/dir/`, so send the client there. The target is
+/// rebuilt from the resolved path, never echoed: `//evil.example` or
+/// `/\evil.example` as a Location would send a browser to another host.
+fn redirect_to_dir(req: &Request<'_>, rel: &[u8]) -> Response {
+    let mut location = format!("/{}/", percent_encode(rel, LOCATION));
     if let Some(q) = req.query() {
         location.push('?');
         location.push_str(q);
