@@ -240,45 +240,53 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
             family.sample(core, None, get(stats));
         }
     }
-    let mut family = Family::new(
+    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    labelled(
         out,
+        cores,
         "responses_total",
-        "counter",
         "Responses by status class.",
+        "class",
+        &classes,
+        |s| &s.responses,
     );
-    for (core, stats) in cores.iter().enumerate() {
-        for (class, label) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-            family.sample(core, Some(("class", label)), stats.responses[class].get());
-        }
-    }
-    let mut family = Family::new(
+    let rejects = Reject::ALL.map(Reject::name);
+    labelled(
         out,
+        cores,
         "parse_errors_total",
-        "counter",
         "Requests refused by the parser, by rule.",
+        "kind",
+        &rejects,
+        |s| &s.rejects,
     );
-    for (core, stats) in cores.iter().enumerate() {
-        for reject in Reject::ALL {
-            family.sample(
-                core,
-                Some(("kind", reject.name())),
-                stats.rejects[reject.index()].get(),
-            );
-        }
-    }
-    let mut family = Family::new(
+    let deadlines = Deadline::ALL.map(Deadline::name);
+    labelled(
         out,
+        cores,
         "deadline_expiries_total",
-        "counter",
         "Deadlines that fired, by kind.",
+        "kind",
+        &deadlines,
+        |s| &s.deadlines,
     );
+}
+
+/// A counter family with one sample per core and `label`: `names[i]`
+/// labels the i-th counter of `counters(core)`.
+fn labelled(
+    out: &mut String,
+    cores: &AllStats,
+    name: &'static str,
+    help: &str,
+    label: &str,
+    names: &[&str],
+    counters: fn(&CoreStats) -> &[Counter],
+) {
+    let mut family = Family::new(out, name, "counter", help);
     for (core, stats) in cores.iter().enumerate() {
-        for kind in Deadline::ALL {
-            family.sample(
-                core,
-                Some(("kind", kind.name())),
-                stats.deadlines[kind as usize].get(),
-            );
+        for (value, counter) in names.iter().zip(counters(stats)) {
+            family.sample(core, Some((label, value)), counter.get());
         }
     }
 }

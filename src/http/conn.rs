@@ -175,9 +175,7 @@ impl Conn {
         if self.input.is_empty() && self.input.capacity() > 0 {
             ctx.pool.give(mem::take(&mut self.input));
         }
-        if self.peer_done && !self.waits_on_output() && self.phase != Phase::Closed {
-            self.phase = Phase::Closing;
-        }
+        self.close_if_peer_done();
         self.rearm(ctx.now, ctx.limits, !data.is_empty());
     }
 
@@ -188,9 +186,7 @@ impl Conn {
     pub fn handle_eof(&mut self) {
         self.peer_done = true;
         self.linger = false;
-        if !self.waits_on_output() && self.phase != Phase::Closed {
-            self.phase = Phase::Closing;
-        }
+        self.close_if_peer_done();
     }
 
     /// The transport failed (reset, send error): drop all output and close
@@ -379,9 +375,15 @@ impl Conn {
         usize::try_from(total - self.sent as u64).unwrap_or(usize::MAX)
     }
 
-    /// Complete requests are buffered, waiting for output to drain.
-    fn waits_on_output(&self) -> bool {
-        !self.input.is_empty() && self.pending() >= self.max_pending && self.phase == Phase::Head
+    /// After the peer's EOF, nothing more can arrive: close once no
+    /// complete request waits in `input` for output to drain.
+    fn close_if_peer_done(&mut self) {
+        let waits_on_output = self.phase == Phase::Head
+            && !self.input.is_empty()
+            && self.pending() >= self.max_pending;
+        if self.peer_done && !waits_on_output && self.phase != Phase::Closed {
+            self.phase = Phase::Closing;
+        }
     }
 
     /// Moves `n` sent bytes past the front of the output.

@@ -279,8 +279,7 @@ pub fn write_response(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let bodiless = matches!(res.status, 100..=199 | 204 | 304);
-    if !bodiless {
+    if !bodiless(res.status) {
         out.extend_from_slice(b"Content-Length: ");
         let mut len = itoa::Buffer::new();
         out.extend_from_slice(len.format(res.body.len()).as_bytes());
@@ -299,7 +298,12 @@ pub fn write_response(
 
 /// Whether the response's body goes on the wire after its head.
 pub fn sends_body(res: &Response, head_only: bool) -> bool {
-    !head_only && !matches!(res.status, 100..=199 | 204 | 304)
+    !head_only && !bodiless(res.status)
+}
+
+/// Statuses that never carry a body, nor a Content-Length (RFC 9110 §6.4.1).
+fn bodiless(status: u16) -> bool {
+    matches!(status, 100..=199 | 204 | 304)
 }
 
 /// The reason phrase for a status code (RFC 9110 §15).

@@ -18,14 +18,13 @@ use std::time::{Duration, Instant, SystemTime};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use nix::libc;
-use nix::sys::sendfile::sendfile64;
 use slab::Slab;
 use socket2::SockRef;
 
 use super::wheel::Wheel;
-use super::{Core, CoreReport, Env};
+use super::{send_file, Core, CoreReport, Env, FILE_BYTES_PER_TURN};
 use crate::handler::Handler;
-use crate::http::{Conn, FileBody};
+use crate::http::Conn;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -35,9 +34,6 @@ const EVENTS: usize = 1024;
 /// Full-buffer reads one connection may take per turn before others get
 /// their turn (it goes to the ready list and continues next turn).
 const READS_PER_TURN: usize = 16;
-/// File bytes one connection may send per turn before others get theirs:
-/// a fast reader of a large file would otherwise keep sendfile busy.
-const FILE_BYTES_PER_TURN: usize = 1 << 20;
 /// Files up to this size follow their head in the same TCP segment
 /// (MSG_MORE on the head): 4 KiB files cost a quarter less CPU. Larger
 /// ones are not corked: measured on loopback, corking a 1 MiB body made
@@ -573,21 +569,5 @@ impl<H: Handler> Loop<H> {
             drained: self.draining_from.saturating_sub(forced),
             forced,
         })
-    }
-}
-
-/// sendfile(2) of up to `len` bytes of `file` from its offset. A file that
-/// ends early (truncated while being served) is an error: the response
-/// promised its length, so the connection must close.
-fn send_file(stream: &TcpStream, file: &FileBody, len: usize) -> io::Result<usize> {
-    let mut offset = i64::try_from(file.offset())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset past 2^63"))?;
-    match sendfile64(stream, file.file(), Some(&mut offset), len) {
-        Ok(0) => Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "file shrank while being sent",
-        )),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.into()),
     }
 }

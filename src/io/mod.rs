@@ -19,7 +19,9 @@ mod sys;
 pub mod uring;
 pub mod wheel;
 
+use std::io;
 use std::net::TcpListener;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -27,7 +29,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::config::Config;
 use crate::handler::Handler;
-use crate::http::{Ctx, DateCache, Limits};
+use crate::http::{Ctx, DateCache, FileBody, Limits};
 use crate::metrics::CoreStats;
 use crate::pool::BufPool;
 use crate::shutdown::Shutdown;
@@ -58,6 +60,27 @@ pub struct CoreReport {
     pub drained: usize,
     /// Connections closed by force at the drain deadline.
     pub forced: usize,
+}
+
+/// File bytes one connection may send with sendfile per turn before the
+/// others get theirs: a fast reader of a large file would otherwise keep
+/// the loop in sendfile.
+const FILE_BYTES_PER_TURN: usize = 1 << 20;
+
+/// sendfile(2) of up to `len` bytes of `file` from its offset to `sock`.
+/// A file that ends early (truncated while being served) is an error: the
+/// response promised its length, so the connection must close.
+fn send_file(sock: impl AsFd, file: &FileBody, len: usize) -> io::Result<usize> {
+    let mut offset = i64::try_from(file.offset())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset past 2^63"))?;
+    match nix::sys::sendfile::sendfile64(sock, file.file(), Some(&mut offset), len) {
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shrank while being sent",
+        )),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The per-core state every `Conn` call borrows, the same in both backends.

@@ -31,16 +31,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
-use nix::errno::Errno;
 use nix::libc;
-use nix::sys::sendfile::sendfile64;
 use slab::Slab;
 use socket2::SockRef;
 
 use super::buf_ring::BufRing;
 use super::sys;
 use super::wheel::Wheel;
-use super::{Core, CoreReport, Env};
+use super::{send_file, Core, CoreReport, Env, FILE_BYTES_PER_TURN};
 use crate::config::Config;
 use crate::handler::Handler;
 use crate::http::{Conn, FileBody};
@@ -56,8 +54,6 @@ const FILE_CHUNK: usize = 64 * 1024;
 /// A file this small that follows a response head is read into the head's
 /// buffer: one Read and one Send (one TCP segment) per response.
 const SMALL_FILE: u64 = 16 * 1024;
-/// File bytes one connection may send with sendfile per turn.
-const FILE_BYTES_PER_TURN: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -881,18 +877,20 @@ impl<H: Handler> Loop<H> {
         if e.sending.is_none() {
             e.sending = e.conn.take_transmit();
             e.sent = 0;
-            let small = e.conn.file_behind().filter(|f| f.len() <= SMALL_FILE);
-            if let (Some(buf), Some(file)) = (&e.sending, small) {
-                if buf.len() as u64 + file.len() <= FILE_CHUNK as u64 {
+            let head = e.sending.as_ref().map_or(0, Vec::len) as u64;
+            match e.conn.file_behind() {
+                // Small: read it into the head's buffer, one Send for both.
+                Some(file)
+                    if file.len() <= SMALL_FILE && head + file.len() <= FILE_CHUNK as u64 =>
+                {
                     let (file, len) = (file.clone(), file.len());
                     let buf = e.sending.take();
                     // NOTE(cast): len <= SMALL_FILE.
                     self.read_file(key, buf, file, len as usize);
                     return;
                 }
-            }
-            if e.conn.file_behind().is_some_and(|f| f.len() > SMALL_FILE) {
-                self.send_head_now(key);
+                Some(file) if file.len() > SMALL_FILE => self.send_head_now(key),
+                _ => {}
             }
         }
         let Some(e) = self.conns.get_mut(key) else {
@@ -993,16 +991,7 @@ impl<H: Handler> Loop<H> {
         let mut budget = FILE_BYTES_PER_TURN;
         while let Some(file) = e.conn.poll_file() {
             let len = usize::try_from(file.len()).map_or(budget, |l| l.min(budget));
-            let Ok(mut offset) = i64::try_from(file.offset()) else {
-                e.conn.handle_abort();
-                break;
-            };
-            match sendfile64(&e.fd, file.file(), Some(&mut offset), len) {
-                Ok(0) => {
-                    // The file shrank under a response that promised more.
-                    e.conn.handle_abort();
-                    break;
-                }
+            match send_file(&e.fd, file, len) {
                 Ok(n) => {
                     self.env.stats.bytes_out.add(n as u64);
                     let env = &mut self.env;
@@ -1014,14 +1003,14 @@ impl<H: Handler> Loop<H> {
                         break;
                     }
                 }
-                Err(Errno::EAGAIN) => {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     let poll =
                         opcode::PollAdd::new(types::Fd(e.fd.as_raw_fd()), libc::POLLOUT as u32);
                     e.out_op = Some(Op::Writable);
                     self.push_for(key, Op::Writable, poll.build());
                     return;
                 }
-                Err(Errno::EINTR) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     e.conn.handle_abort();
                     e.eof = true;

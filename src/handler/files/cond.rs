@@ -95,7 +95,7 @@ pub fn parse_range(value: &[u8], size: u64) -> Part {
 /// If-Range: an entity tag must match strongly; a date must equal the
 /// Last-Modified exactly.
 fn if_range_holds(cond: &[u8], file: &Opened) -> bool {
-    let cond = trim(cond);
+    let cond = cond.trim_ascii();
     if cond.starts_with(b"\"") {
         return cond == file.etag.as_bytes();
     }
@@ -108,13 +108,9 @@ fn if_range_holds(cond: &[u8], file: &Opened) -> bool {
 /// Weak comparison against an If-None-Match list (or `*`).
 fn matches_any(list: &[u8], etag: &[u8]) -> bool {
     list.split(|&b| b == b',').any(|tag| {
-        let tag = trim(tag);
+        let tag = tag.trim_ascii();
         tag == b"*" || tag.strip_prefix(b"W/").unwrap_or(tag) == etag
     })
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    b.trim_ascii()
 }
 
 fn http_date(value: &[u8]) -> Option<SystemTime> {
