@@ -143,39 +143,14 @@ RAW_DIR=${RAW_DIR:-$ROOT/target/bench-e2e/$STAMP}
 mkdir -p "$RAW_DIR"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/coreloop-bench.XXXXXX")
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 # ---------------------------------------------------------------- cleanup ---
 
 SERVER_PIDS=()   # every server process we started (coreloop, nginx master)
 EXTRA_PIDS=()    # nginx workers (in case the master dies first), idle client
-
-kill_pid() {     # kill_pid PID: SIGTERM, wait up to 10 s, then SIGKILL
-    local pid=$1 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    log "pid $pid ignored SIGTERM for 10 s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local status=$? pid
-    trap - EXIT INT TERM
-    for pid in "${EXTRA_PIDS[@]}" "${SERVER_PIDS[@]}"; do
-        kill_pid "$pid"
-    done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+stop_pids() { echo "${EXTRA_PIDS[@]}" "${SERVER_PIDS[@]}"; }
+LOG_TAG=bench
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 # ------------------------------------------------------------ environment ---
 

@@ -47,25 +47,11 @@ URL="http://127.0.0.1:$PORT/plaintext"
 mkdir -p "$OUT"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/coreloop-profile.XXXXXX")
 
-log() { printf '[profile %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 PIDS_TO_STOP=()
-cleanup() {
-    local status=$? pid i
-    trap - EXIT INT TERM
-    for pid in "${PIDS_TO_STOP[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+stop_pids() { echo "${PIDS_TO_STOP[@]}"; }
+LOG_TAG=profile
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 command -v perf >/dev/null || die "perf is required"
 command -v wrk >/dev/null || die "wrk is required"
