@@ -72,6 +72,12 @@ impl FileBody {
         &self.file
     }
 
+    /// The open file, shared: lets a backend remember facts about it
+    /// (e.g. its page-cache residency) without keeping it open.
+    pub fn shared_file(&self) -> &Arc<File> {
+        &self.file
+    }
+
     /// Where the bytes still to send start.
     pub fn offset(&self) -> u64 {
         self.offset

@@ -15,6 +15,7 @@
 
 pub mod buf_ring;
 pub mod epoll;
+mod resident;
 mod sys;
 pub mod uring;
 pub mod wheel;

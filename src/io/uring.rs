@@ -1,8 +1,10 @@
 //! The io_uring backend: one ring per core, multishot accept, multishot
 //! recv into a provided-buffer ring, and every send of a loop turn
-//! submitted with the one io_uring_enter that also waits. File bodies are
-//! read through the ring (page cache or io-wq, never a blocking read on
-//! the loop) into a pooled buffer and sent like any other output.
+//! submitted with the one io_uring_enter that also waits. File bodies up
+//! to 16 KiB, and any range not wholly in the page cache, are read
+//! through the ring (page cache or io-wq, never a blocking read on the
+//! loop) into a pooled buffer and sent like any other output; larger
+//! cached ranges go out with sendfile(2) from the loop (`send_file`).
 //!
 //! Same vocabulary as `epoll.rs`: accept, receive, hand bytes to `Conn`,
 //! flush, arm the timer, close. What differs is ownership: the kernel
@@ -36,7 +38,7 @@ use slab::Slab;
 use socket2::SockRef;
 
 use super::buf_ring::BufRing;
-use super::sys;
+use super::resident::Residency;
 use super::wheel::Wheel;
 use super::{send_file, Core, CoreReport, Env, FILE_BYTES_PER_TURN};
 use crate::config::Config;
@@ -299,6 +301,8 @@ struct Loop<H> {
     due: Vec<(usize, u32)>,
     cqes: Vec<(u64, i32, u32)>,
     env: Env<H>,
+    /// Which file ranges were lately found in the page cache.
+    resident: Residency,
     now: Instant,
     next_gen: u32,
     max_conns: usize,
@@ -344,6 +348,7 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
         due: Vec::new(),
         cqes: Vec::with_capacity(config.ring_entries as usize * 4),
         env: Env::new(&config, core.stats, handler),
+        resident: Residency::default(),
         now,
         next_gen: 0,
         max_conns: config.max_conns,
@@ -911,9 +916,14 @@ impl<H: Handler> Loop<H> {
         let Some(file) = e.conn.poll_file() else {
             return;
         };
-        let (fd, offset, left) = (file.file().as_raw_fd(), file.offset(), file.len());
+        let (offset, left) = (file.offset(), file.len());
         let span = left.min(FILE_BYTES_PER_TURN as u64);
-        if left > SMALL_FILE && sys::is_cached(fd, offset, span) {
+        let now = self.now;
+        if left > SMALL_FILE
+            && self
+                .resident
+                .is_cached(file.shared_file(), offset, span, now)
+        {
             self.send_file(key);
         } else {
             let file = file.clone();
