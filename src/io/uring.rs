@@ -32,7 +32,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe, Submitter};
 use nix::libc;
 use slab::Slab;
 use socket2::SockRef;
@@ -284,11 +284,14 @@ struct Entry {
     dirty: bool,
 }
 
-struct Loop<H> {
+struct Loop<'r, H> {
     id: usize,
-    // Field order is drop order: the ring goes before the buffers it uses.
-    ring: IoUring,
-    bufs: BufRing,
+    /// Queues are taken from a shared reference (`submission_shared`,
+    /// `completion_shared`) so the registered `submitter` can live beside
+    /// it; the loop never holds two views of a queue at once.
+    ring: &'r IoUring,
+    submitter: Submitter<'r>,
+    bufs: &'r mut BufRing,
     listener: Option<TcpListener>,
     accept_armed: bool,
     accept_retry: Option<Instant>,
@@ -319,24 +322,33 @@ struct Loop<H> {
 /// Runs one core's loop until shutdown completes.
 pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
     let config = core.config.clone();
+    // Declared before the ring, so dropped after it: the buffers outlive
+    // every operation the ring could still hold.
+    let mut bufs: BufRing;
     let (ring, flags, fallback) = build_ring(&config)?;
     if let Some(why) = fallback {
         log::info!("core {}: io_uring ring with flags {flags} ({why})", core.id);
     }
-    let bufs = BufRing::new(
-        &ring.submitter(),
-        config.buf_count,
-        config.buf_size,
-        BUF_GROUP,
-    )?;
+    let mut submitter = ring.submitter();
+    // IORING_REGISTER_RING_FDS (Linux 5.18): every io_uring_enter names the
+    // ring by its index in this thread's table, skipping the descriptor
+    // lookup and reference count of each call.
+    if let Err(e) = submitter.register_ring_fd() {
+        log::info!(
+            "core {}: ring fd not registered ({e}); entering by descriptor",
+            core.id
+        );
+    }
+    bufs = BufRing::new(&submitter, config.buf_count, config.buf_size, BUF_GROUP)?;
     let wake = Arc::new(EventFd::new()?);
     core.shutdown.add_waker(wake.clone());
     log::debug!("core {}: io_uring ring flags {flags}", core.id);
     let now = Instant::now();
     let mut lp = Loop {
         id: core.id,
-        ring,
-        bufs,
+        ring: &ring,
+        submitter,
+        bufs: &mut bufs,
         listener: Some(core.listener),
         accept_armed: false,
         accept_retry: None,
@@ -367,7 +379,7 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
     report
 }
 
-impl<H: Handler> Loop<H> {
+impl<H: Handler> Loop<'_, H> {
     fn run(&mut self) -> io::Result<CoreReport> {
         loop {
             self.submit_and_wait()?;
@@ -410,14 +422,14 @@ impl<H: Handler> Loop<H> {
                 let args = types::SubmitArgs::new()
                     .timespec(&ts)
                     .min_wait_usec(min_wait);
-                self.ring.submitter().submit_with_args(want as usize, &args)
+                self.submitter.submit_with_args(want as usize, &args)
             }
             Some(d) => {
                 let ts = types::Timespec::from(d);
                 let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+                self.submitter.submit_with_args(1, &args)
             }
-            None => self.ring.submitter().submit_and_wait(1),
+            None => self.submitter.submit_and_wait(1),
         };
         match result {
             Ok(_) => Ok(()),
@@ -455,13 +467,14 @@ impl<H: Handler> Loop<H> {
             // SAFETY: every buffer an SQE names (send and file read buffers,
             // in `Entry::sending` and `Entry::reading`;
             // receive buffers, in `BufRing`) stays allocated and unmoved until
-            // the SQE's final completion (module INVARIANT).
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            // the SQE's final completion (module INVARIANT). No other
+            // view of the submission queue exists while this one does.
+            if unsafe { self.ring.submission_shared().push(&entry) }.is_ok() {
                 self.env.stats.ring_submissions.inc();
                 return Ok(());
             }
             self.env.stats.ring_enters.inc();
-            self.ring.submit()?;
+            self.submitter.submit()?;
         }
     }
 
@@ -508,11 +521,10 @@ impl<H: Handler> Loop<H> {
     fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
-        cqes.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
+        // SAFETY: the only view of the completion queue; it is dropped
+        // (publishing the new head) before anything else touches the ring.
+        let cq = unsafe { self.ring.completion_shared() };
+        cqes.extend(cq.map(|c| (c.user_data(), c.result(), c.flags())));
         self.env.stats.ring_completions.add(cqes.len() as u64);
         for &(raw, res, flags) in &cqes {
             let Some(ud) = UserData::decode(raw) else {
@@ -1169,7 +1181,7 @@ impl<H: Handler> Loop<H> {
         while (!self.conns.is_empty() || self.accept_armed) && Instant::now() < give_up {
             let ts = types::Timespec::from(Duration::from_millis(10));
             let args = types::SubmitArgs::new().timespec(&ts);
-            let _ = self.ring.submitter().submit_with_args(1, &args);
+            let _ = self.submitter.submit_with_args(1, &args);
             self.reap();
             let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
             for key in keys {
@@ -1177,9 +1189,9 @@ impl<H: Handler> Loop<H> {
             }
         }
         // Closes queued by the last releases run inside this enter.
-        let _ = self.ring.submit();
+        let _ = self.submitter.submit();
         self.listener = None;
-        if let Err(e) = self.bufs.unregister(&self.ring.submitter()) {
+        if let Err(e) = self.bufs.unregister(&self.submitter) {
             log::debug!("core {}: unregister buffer ring: {e}", self.id);
         }
         if !self.conns.is_empty() {
