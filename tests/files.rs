@@ -24,6 +24,7 @@ per_backend!(
     dotfiles_hidden_unless_asked,
     directories_redirect_index_or_list,
     conditional_requests_answer_304,
+    preconditions_answer_412,
     ranges_answer_206_or_416,
     pipelined_files_and_routes_keep_order,
     large_file_arrives_whole,
@@ -273,6 +274,8 @@ fn conditional_requests_answer_304(backend: Backend) {
     let not_modified = [
         format!("If-None-Match: {etag}\r\n"),
         format!("If-None-Match: \"nope\", W/{etag}\r\n"),
+        // A list may be split over several field lines.
+        format!("If-None-Match: \"nope\"\r\nIf-None-Match: {etag}\r\n"),
         "If-None-Match: *\r\n".to_string(),
         format!("If-Modified-Since: {modified}\r\n"),
         "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n".to_string(),
@@ -296,6 +299,58 @@ fn conditional_requests_answer_304(backend: Backend) {
         assert_eq!(r.status, 200, "{headers}");
         assert_eq!(r.body, b"hello, file\n");
     }
+}
+
+/// If-Match and If-Unmodified-Since (RFC 9110 §13.2.2): a failed one
+/// answers 412 without the file; a passing one serves it, and the 304
+/// rules still apply after it.
+fn preconditions_answer_412(backend: Backend) {
+    let tree = Tree::new("precond");
+    let server = serve(backend, files(&tree.root()));
+    let mut c = server.connect();
+    let first = c.get("/hello.txt");
+    let etag = first.header("etag").unwrap().to_string();
+    let modified = first.header("last-modified").unwrap().to_string();
+    let failed = [
+        "If-Match: \"nope\"\r\n".to_string(),
+        // If-Match compares strongly: a weak tag never matches.
+        format!("If-Match: W/{etag}\r\n"),
+        "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n".to_string(),
+        // If-Match decides alone: a passing date does not save it.
+        "If-Match: \"nope\"\r\nIf-Unmodified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n".to_string(),
+    ];
+    for headers in &failed {
+        let r = get_with(&mut c, "/hello.txt", headers);
+        assert_eq!(r.status, 412, "{headers}");
+        assert!(!contains(&r.body, b"hello, file"), "{headers}");
+    }
+    let served = [
+        format!("If-Match: {etag}\r\n"),
+        format!("If-Match: \"nope\"\r\nIf-Match: \"other\", {etag}\r\n"),
+        "If-Match: *\r\n".to_string(),
+        format!("If-Unmodified-Since: {modified}\r\n"),
+        "If-Unmodified-Since: not a date\r\n".to_string(),
+        // If-Match passing makes the (failing) date irrelevant.
+        format!("If-Match: {etag}\r\nIf-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n"),
+    ];
+    for headers in &served {
+        let r = get_with(&mut c, "/hello.txt", headers);
+        assert_eq!(r.status, 200, "{headers}");
+        assert_eq!(r.body, b"hello, file\n");
+    }
+    let r = get_with(
+        &mut c,
+        "/hello.txt",
+        &format!("If-Match: {etag}\r\nIf-None-Match: {etag}\r\n"),
+    );
+    assert_eq!(r.status, 304);
+    // A range behind a passing precondition is still a range.
+    let r = get_with(
+        &mut c,
+        "/hello.txt",
+        &format!("If-Match: {etag}\r\nRange: bytes=0-4\r\n"),
+    );
+    assert_eq!((r.status, r.body.as_slice()), (206, &b"hello"[..]));
 }
 
 fn ranges_answer_206_or_416(backend: Backend) {

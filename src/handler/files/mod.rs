@@ -25,7 +25,7 @@ use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 use super::router::KNOWN_METHODS;
 use crate::http::{Body, FileBody, Request, Response};
 use cache::{OpenCache, Opened};
-use cond::Part;
+use cond::{Part, Verdict};
 use path::Refusal;
 
 pub use cache::VALID as FILE_CACHE_VALID;
@@ -160,8 +160,10 @@ fn file_response(req: &Request<'_>, file: &Opened) -> Response {
         res.with_header("ETag", file.etag.clone())
             .with_header("Last-Modified", file.last_modified.clone())
     };
-    if cond::not_modified(req, file) {
-        return validators(Response::new(304));
+    match cond::preconditions(req, file) {
+        Verdict::Serve => {}
+        Verdict::NotModified => return validators(Response::new(304)),
+        Verdict::Failed => return Response::text(412, "precondition failed"),
     }
     let part = if req.method() == "GET" {
         cond::part(req, file)
