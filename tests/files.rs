@@ -330,6 +330,9 @@ fn preconditions_answer_412(backend: Backend) {
         "If-Match: *\r\n".to_string(),
         format!("If-Unmodified-Since: {modified}\r\n"),
         "If-Unmodified-Since: not a date\r\n".to_string(),
+        // Sent twice, a date field is a list of dates: ignored (§13.1.4).
+        "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\nIf-Unmodified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n".to_string(),
+        "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\nIf-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n".to_string(),
         // If-Match passing makes the (failing) date irrelevant.
         format!("If-Match: {etag}\r\nIf-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n"),
     ];

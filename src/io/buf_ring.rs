@@ -8,8 +8,9 @@
 //!
 //! INVARIANT: the ring entries and the buffers stay allocated, unmoved,
 //! until the ring is unregistered (`unregister`) or the io_uring instance is
-//! gone; `Drop` only frees memory, so the owner must drop the `IoUring`
-//! (or call `unregister`) first.
+//! gone; `Drop` only frees memory, so the owner must call `unregister` or
+//! end the instance first. Dropping the `IoUring` ends it only if its fd is
+//! not registered (IORING_REGISTER_RING_FDS holds a reference).
 #![allow(unsafe_code)]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -84,7 +85,8 @@ impl BufRing {
         };
         // SAFETY: `entries` points to `count` zeroed, page-aligned entries that
         // stay allocated until `ring` is dropped, which the owner does only
-        // after the io_uring instance is gone (see the module INVARIANT).
+        // after unregistering it or ending the io_uring instance (see the
+        // module INVARIANT).
         unsafe { submitter.register_buf_ring_with_flags(entries as u64, count, group, 0)? };
         for bid in 0..count {
             ring.push(bid);

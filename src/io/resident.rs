@@ -8,6 +8,9 @@
 //! found cached is trusted for `TRUST`, so a hot file costs one
 //! cachestat per `TRUST` instead of one per response.
 //!
+//! Keyed by the open file, so it needs the open-file cache: with
+//! `--file-cache 0` every response opens its own file and is checked.
+//!
 //! The risk is bounded: pages evicted within `TRUST` of a check make one
 //! sendfile wait for the disk, as every sendfile on the epoll backend may.
 
@@ -21,7 +24,7 @@ use super::sys;
 /// How long a range found cached is believed to stay cached.
 const TRUST: Duration = Duration::from_millis(100);
 
-/// Ranges remembered per core; the oldest is replaced.
+/// Files remembered per core; when full, entries are replaced in turn.
 const SLOTS: usize = 32;
 
 struct Seen {
@@ -58,12 +61,23 @@ impl Residency {
         if !sys::is_cached(file.as_raw_fd(), offset, len) {
             return false;
         }
-        let seen = Seen {
+        let mut seen = Seen {
             file: Arc::downgrade(file),
             start: offset,
             end,
             at: now,
         };
+        // A resumed send checks a window shifted from the last one: grow
+        // the remembered range (trusted from its older check) rather than
+        // replace it, so the next response from the start still hits.
+        if let Some(old) = hit.map(|i| &self.seen[i]) {
+            let fresh = now.saturating_duration_since(old.at) < TRUST;
+            if fresh && offset <= old.end && old.start <= end {
+                seen.start = old.start.min(offset);
+                seen.end = old.end.max(end);
+                seen.at = old.at;
+            }
+        }
         match hit {
             Some(i) => self.seen[i] = seen,
             None if self.seen.len() < SLOTS => self.seen.push(seen),
@@ -112,6 +126,24 @@ mod tests {
         assert!(memo.is_cached(&file, 0, 64 << 10, later));
         assert_eq!(memo.seen.len(), 1);
         assert_eq!(memo.seen[0].at, later);
+    }
+
+    #[test]
+    fn overlapping_checks_grow_the_remembered_range() {
+        let file = cached_file(128 << 10);
+        let mut memo = Residency::default();
+        let t0 = Instant::now();
+        if !sys::is_cached(file.as_raw_fd(), 0, 128 << 10) {
+            return; // no cachestat on this kernel: nothing to remember
+        }
+        assert!(memo.is_cached(&file, 0, 64 << 10, t0));
+        // A resumed send from 32 KiB checks up to 96 KiB.
+        assert!(memo.is_cached(&file, 32 << 10, 64 << 10, t0 + TRUST / 4));
+        assert_eq!((memo.seen[0].start, memo.seen[0].end), (0, 96 << 10));
+        assert_eq!(memo.seen[0].at, t0, "trusted from the older check");
+        // The next response from the start is answered from the memo.
+        assert!(memo.is_cached(&file, 0, 96 << 10, t0 + TRUST / 2));
+        assert_eq!(memo.seen.len(), 1);
     }
 
     #[test]

@@ -322,8 +322,9 @@ struct Loop<'r, H> {
 /// Runs one core's loop until shutdown completes.
 pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
     let config = core.config.clone();
-    // Declared before the ring, so dropped after it: the buffers outlive
-    // every operation the ring could still hold.
+    // Declared before the ring, so dropped after it. With the ring fd
+    // unregistered (teardown), closing `ring` ends the io_uring instance,
+    // so the buffers outlive every operation it could still hold.
     let mut bufs: BufRing;
     let (ring, flags, fallback) = build_ring(&config)?;
     if let Some(why) = fallback {
@@ -375,7 +376,12 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
     lp.arm_accept();
     lp.arm_wake();
     let report = lp.run();
-    lp.teardown();
+    let bufs_in_use = lp.teardown();
+    drop(lp);
+    if bufs_in_use {
+        // The kernel may still write into them: leak rather than free.
+        std::mem::forget(bufs);
+    }
     report
 }
 
@@ -1167,8 +1173,10 @@ impl<H: Handler> Loop<'_, H> {
     }
 
     /// Cancels everything still in flight and reaps it, so no buffer is
-    /// freed under the kernel; then unregisters the buffer ring.
-    fn teardown(&mut self) {
+    /// freed under the kernel; then unregisters the buffer ring and the
+    /// ring fd (a registered fd keeps the instance alive past its close).
+    /// Returns whether the buffer ring may still be in the kernel's hands.
+    fn teardown(&mut self) -> bool {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.begin_close(key);
@@ -1191,9 +1199,13 @@ impl<H: Handler> Loop<'_, H> {
         // Closes queued by the last releases run inside this enter.
         let _ = self.submitter.submit();
         self.listener = None;
+        let mut bufs_in_use = false;
         if let Err(e) = self.bufs.unregister(&self.submitter) {
             log::debug!("core {}: unregister buffer ring: {e}", self.id);
+            bufs_in_use = true;
         }
+        // EINVAL when registration was refused at start: nothing to undo.
+        let _ = self.submitter.unregister_ring_fd();
         if !self.conns.is_empty() {
             // Completions never came: keep the memory rather than free it
             // under the kernel (the process is exiting anyway).
@@ -1204,6 +1216,7 @@ impl<H: Handler> Loop<'_, H> {
             );
             std::mem::forget(std::mem::take(&mut self.conns));
         }
+        bufs_in_use
     }
 }
 

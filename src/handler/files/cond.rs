@@ -38,7 +38,7 @@ pub fn preconditions(req: &Request<'_>, file: &Opened) -> Verdict {
         if !tags(req, "if-match").any(|t| t == b"*" || t == etag) {
             return Verdict::Failed;
         }
-    } else if let Some(since) = req.header("if-unmodified-since").and_then(http_date) {
+    } else if let Some(since) = date(req, "if-unmodified-since") {
         if modified > since {
             return Verdict::Failed;
         }
@@ -48,12 +48,23 @@ pub fn preconditions(req: &Request<'_>, file: &Opened) -> Verdict {
         if tags(req, "if-none-match").any(weak) {
             return Verdict::NotModified;
         }
-    } else if let Some(since) = req.header("if-modified-since").and_then(http_date) {
+    } else if let Some(since) = date(req, "if-modified-since") {
         if modified <= since {
             return Verdict::NotModified;
         }
     }
     Verdict::Serve
+}
+
+/// A date field, ignored when invalid or sent more than once (§13.1.3:
+/// a list of dates is invalid).
+fn date(req: &Request<'_>, name: &str) -> Option<SystemTime> {
+    let mut lines = req.headers().filter(|(n, _)| n.eq_ignore_ascii_case(name));
+    let (_, value) = lines.next()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    http_date(value)
 }
 
 fn has(req: &Request<'_>, name: &str) -> bool {
