@@ -24,9 +24,9 @@
 # GET and HEAD of each selected file with 200 and the right Content-Length
 # (and GET with the file's bytes), or the script stops. For these workloads
 # the report adds MiB/s (wrk's Transfer/sec: heads and bodies).
-# For each (workload, server) the script records req/s, p50/p99 latency and
+# For each (workload, server) the script records req/s, p50/p99 latency,
 # the server's CPU time (utime+stime from /proc/PID/stat) per completed
-# request, repeats everything REPEAT times (interleaving servers) and reports
+# request and wrk's (user+system), repeats everything REPEAT times (interleaving servers) and reports
 # medians, with the CPU ratio of each coreloop backend to nginx and, when
 # both run, io_uring / epoll (also paired per repetition, since the servers
 # take turns within a repetition). Then it starts each server fresh, opens
@@ -505,7 +505,7 @@ conns_of() {
     case $1 in c1000) echo 1000 ;; *) echo 64 ;; esac
 }
 
-declare -A RPS P50 P99 CPU CPU_REP REQS XFER PORT_OF LABEL DEAD NGINX_DIRS FOREIGN
+declare -A RPS P50 P99 CPU CPU_REP WCPU REQS XFER PORT_OF LABEL DEAD NGINX_DIRS FOREIGN
 
 server_died() {      # server_died SERVER MESSAGE: record how it ended
     local srv=$1 msg=$2 pid status=0
@@ -586,6 +586,7 @@ run_one() {
     P99[$wl|$srv]+="$p99 "
     CPU[$wl|$srv]+="$cpu "
     CPU_REP[$wl|$srv|$rep]=$cpu
+    WCPU[$wl|$srv]+="$(awk -v w="$wrk_cpu" -v n="$reqs" 'BEGIN {printf "%.4f", w * 1e6 / n}') "
     REQS[$wl|$srv]+="$reqs "
     XFER[$wl|$srv]+="$xfer "
     log "$wl $srv rep $rep: $rps req/s ($(fmt_mib "$xfer") MiB/s), p50 ${p50}us, p99 ${p99}us, CPU ${cpu}us/req ($((t1 - t0)) ticks, $reqs requests; other processes ${foreign}% of a CPU)"
@@ -1127,19 +1128,19 @@ report() {
         joined=$(IFS=';'; echo "${SETUP_NOTES[*]}")
         echo "- Backend setup (one start at --log-level info): ${joined//;/; }"
     fi
-    echo "- Medians of $REPEAT run(s) of $DURATION each. CPU us/req = server utime+stime delta (/proc/PID/stat, all threads; nginx: master+worker) / requests completed. Ratio to nginx = coreloop CPU us/req / nginx CPU us/req of the medians (lower is better)$( ((HAVE_UE)) && echo "; ratio uring/epoll = coreloop (uring) CPU us/req / coreloop (epoll) CPU us/req")${STATIC_SELECTED:+. MiB/s = the Transfer/sec of wrk (response heads and bodies, 2^20 bytes)}."
+    echo "- Medians of $REPEAT run(s) of $DURATION each. CPU us/req = server utime+stime delta (/proc/PID/stat, all threads; nginx: master+worker) / requests completed; wrk CPU us/req = the client's user+system time (bash \`time\`) / requests completed: when wrk's CPU is saturated, a server that delivers faster is billed more of the loopback delivery into wrk's socket, so read the two together. Ratio to nginx = coreloop CPU us/req / nginx CPU us/req of the medians (lower is better)$( ((HAVE_UE)) && echo "; ratio uring/epoll = coreloop (uring) CPU us/req / coreloop (epoll) CPU us/req")${STATIC_SELECTED:+. MiB/s = the Transfer/sec of wrk (response heads and bodies, 2^20 bytes)}."
     echo
     # MiB/s only when a static workload runs (the /plaintext tables keep their shape).
     local mb_head="" mb_rule="" mb
     if [[ -n $STATIC_SELECTED ]]; then mb_head=" MiB/s |"; mb_rule="---:|"; fi
     if ((HAVE_UE)); then
-        echo "| workload | server | req/s |$mb_head p50 | p99 | CPU us/req | ratio to nginx | ratio uring/epoll |"
-        echo "|---|---|---:|$mb_rule---:|---:|---:|---:|---:|"
+        echo "| workload | server | req/s |$mb_head p50 | p99 | CPU us/req | wrk CPU us/req | ratio to nginx | ratio uring/epoll |"
+        echo "|---|---|---:|$mb_rule---:|---:|---:|---:|---:|---:|"
     else
-        echo "| workload | server | req/s |$mb_head p50 | p99 | CPU us/req | ratio to nginx |"
-        echo "|---|---|---:|$mb_rule---:|---:|---:|---:|"
+        echo "| workload | server | req/s |$mb_head p50 | p99 | CPU us/req | wrk CPU us/req | ratio to nginx |"
+        echo "|---|---|---:|$mb_rule---:|---:|---:|---:|---:|"
     fi
-    local wl srv key rps p50 p99 cpu ncpu ecpu ratio ue c
+    local wl srv key rps p50 p99 cpu wcpu ncpu ecpu ratio ue c
     for wl in $WORKLOADS; do
         ncpu=""
         [[ -n ${CPU[$wl|nginx]:-} ]] && { read -r -a v <<<"${CPU[$wl|nginx]}"; ncpu=$(median "${v[@]}"); }
@@ -1148,13 +1149,14 @@ report() {
         for srv in "${SERVERS[@]}"; do
             key="$wl|$srv"
             if [[ -z ${RPS[$key]:-} ]]; then
-                echo "| $(wl_name "$wl") | ${LABEL[$srv]} | failed |${mb_head:+ |} | | | |$( ((HAVE_UE)) && echo ' |')"
+                echo "| $(wl_name "$wl") | ${LABEL[$srv]} | failed |${mb_head:+ |} | | | | |$( ((HAVE_UE)) && echo ' |')"
                 continue
             fi
             read -r -a v <<<"${RPS[$key]}"; rps=$(median "${v[@]}")
             read -r -a v <<<"${P50[$key]}"; p50=$(median "${v[@]}")
             read -r -a v <<<"${P99[$key]}"; p99=$(median "${v[@]}")
             read -r -a v <<<"${CPU[$key]}"; cpu=$(median "${v[@]}")
+            read -r -a v <<<"${WCPU[$key]}"; wcpu=$(median "${v[@]}")
             mb=""
             if [[ -n $mb_head ]]; then
                 read -r -a v <<<"${XFER[$key]}"
@@ -1182,9 +1184,9 @@ report() {
                     ue=" $(awk -v a="$cpu" -v b="$ecpu" 'BEGIN {printf "%.2fx", a / b}') |"
                 fi
             fi
-            printf '| %s | %s | %s |%s %s | %s | %s | %s |%s\n' "$(wl_name "$wl")" "${LABEL[$srv]}" \
+            printf '| %s | %s | %s |%s %s | %s | %s | %s | %s |%s\n' "$(wl_name "$wl")" "${LABEL[$srv]}" \
                 "$(awk -v r="$rps" 'BEGIN {printf "%.0f", r}')" "$mb" "$p50" "$p99" \
-                "$(awk -v c="$cpu" 'BEGIN {printf "%.2f", c}')" "$ratio" "$ue"
+                "$(awk -v c="$cpu" 'BEGIN {printf "%.2f", c}')" "$(awk -v c="$wcpu" 'BEGIN {printf "%.2f", c}')" "$ratio" "$ue"
         done
     done
     echo
