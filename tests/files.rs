@@ -264,13 +264,18 @@ fn directories_redirect_index_or_list(backend: Backend) {
     assert!(!root.contains(".env") && !root.contains(".git"), "{root}");
 }
 
+/// The ETag and Last-Modified a plain GET of `path` answers with.
+fn validators(c: &mut Client, path: &str) -> (String, String) {
+    let r = c.get(path);
+    let field = |name| r.header(name).unwrap().to_string();
+    (field("etag"), field("last-modified"))
+}
+
 fn conditional_requests_answer_304(backend: Backend) {
     let tree = Tree::new("cond");
     let server = serve(backend, files(&tree.root()));
     let mut c = server.connect();
-    let first = c.get("/hello.txt");
-    let etag = first.header("etag").unwrap().to_string();
-    let modified = first.header("last-modified").unwrap().to_string();
+    let (etag, modified) = validators(&mut c, "/hello.txt");
     let not_modified = [
         format!("If-None-Match: {etag}\r\n"),
         format!("If-None-Match: \"nope\", W/{etag}\r\n"),
@@ -308,9 +313,7 @@ fn preconditions_answer_412(backend: Backend) {
     let tree = Tree::new("precond");
     let server = serve(backend, files(&tree.root()));
     let mut c = server.connect();
-    let first = c.get("/hello.txt");
-    let etag = first.header("etag").unwrap().to_string();
-    let modified = first.header("last-modified").unwrap().to_string();
+    let (etag, modified) = validators(&mut c, "/hello.txt");
     let failed = [
         "If-Match: \"nope\"\r\n".to_string(),
         // If-Match compares strongly: a weak tag never matches.

@@ -34,7 +34,7 @@ pub enum Verdict {
 pub fn preconditions(req: &Request<'_>, file: &Opened) -> Verdict {
     let etag = file.etag.as_bytes();
     let modified = whole_seconds(file.mtime);
-    if has(req, "if-match") {
+    if req.header("if-match").is_some() {
         if !tags(req, "if-match").any(|t| t == b"*" || t == etag) {
             return Verdict::Failed;
         }
@@ -43,7 +43,7 @@ pub fn preconditions(req: &Request<'_>, file: &Opened) -> Verdict {
             return Verdict::Failed;
         }
     }
-    if has(req, "if-none-match") {
+    if req.header("if-none-match").is_some() {
         let weak = |t: &[u8]| t == b"*" || t.strip_prefix(b"W/").unwrap_or(t) == etag;
         if tags(req, "if-none-match").any(weak) {
             return Verdict::NotModified;
@@ -65,10 +65,6 @@ fn date(req: &Request<'_>, name: &str) -> Option<SystemTime> {
         return None;
     }
     http_date(value)
-}
-
-fn has(req: &Request<'_>, name: &str) -> bool {
-    req.header(name).is_some()
 }
 
 /// Every member of a comma-separated list field, across all its lines.
