@@ -33,6 +33,11 @@ pub struct Args {
     /// Do not pin workers to CPUs.
     #[arg(long)]
     no_pin: bool,
+    /// Listen even if another process listens on the same address (its
+    /// SO_REUSEPORT group is joined and connections are split between the
+    /// two); without it a taken port is an error.
+    #[arg(long)]
+    share_port: bool,
     /// listen(2) backlog of each core's listener.
     #[arg(long, default_value_t = 1024)]
     backlog: i32,
@@ -162,6 +167,7 @@ impl Args {
             workers: self.workers,
             cpus: self.cpus.as_ref().map(|c| c.0.clone()),
             pin: !self.no_pin,
+            share_port: self.share_port,
             backlog: self.backlog,
             max_conns: self.max_conns,
             limits: Limits {

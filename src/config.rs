@@ -47,6 +47,11 @@ pub struct Config {
     /// scheduler should place threads (more workers than CPUs, or sharing
     /// the machine with other pinned work).
     pub pin: bool,
+    /// Join a SO_REUSEPORT group that another process already listens in
+    /// on this address. Default false: a taken port is an error, as it is
+    /// for nginx, because the kernel would otherwise split connections
+    /// between the two servers. Turn on only when that split is intended.
+    pub share_port: bool,
     /// listen(2) backlog per core listener. Default 1024; the kernel caps
     /// it at net.core.somaxconn. Raise it for bursts of new connections.
     pub backlog: i32,
@@ -108,6 +113,7 @@ impl Default for Config {
             workers: None,
             cpus: None,
             pin: true,
+            share_port: false,
             backlog: 1024,
             max_conns: 8192,
             limits: Limits::default(),

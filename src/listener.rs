@@ -26,6 +26,22 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Fails with EADDRINUSE when any socket already listens on `addr`.
+///
+/// SO_REUSEPORT lets every process of the same user join a port's group,
+/// and the kernel then spreads connections across both servers. A probe
+/// bound without SO_REUSEPORT conflicts with any listener there, so it
+/// tells a taken port from a free one; it is closed at once (SO_REUSEADDR
+/// keeps TIME_WAIT leftovers from counting as taken).
+pub fn check_free(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into())
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit. Returns (soft, hard)
 /// as they are afterwards.
 pub fn raise_nofile() -> io::Result<(u64, u64)> {

@@ -60,6 +60,10 @@ impl fmt::Display for Error {
         match self {
             Error::Config(msg) => write!(f, "{msg}"),
             Error::Backend(reason) => write!(f, "--backend uring: io_uring unavailable: {reason}"),
+            Error::Bind { addr, source } if source.kind() == io::ErrorKind::AddrInUse => write!(
+                f,
+                "cannot listen on {addr}: {source} (another process listens there; --share-port joins it on purpose)"
+            ),
             Error::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Error::Setup { what, source } => write!(f, "{what}: {source}"),
             Error::Core { id, source } => write!(f, "core {id} failed: {source}"),
@@ -121,6 +125,9 @@ impl Server {
         check_nofile(&config, cpus.len());
         let mut cores = Vec::with_capacity(cpus.len());
         let mut addr = config.addr();
+        if addr.port() != 0 && !config.share_port {
+            listener::check_free(addr).map_err(|source| Error::Bind { addr, source })?;
+        }
         for cpu in cpus {
             let l = listener::bind(addr, config.backlog)
                 .map_err(|source| Error::Bind { addr, source })?;

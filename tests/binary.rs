@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -236,6 +236,58 @@ fn port_in_use_is_a_clear_error() {
         stderr.contains("cannot listen on 127.0.0.1:") && stderr.contains("in use"),
         "{stderr}"
     );
+}
+
+/// SO_REUSEPORT would let a second server join the first one's port and
+/// take half its connections: refused unless --share-port says so.
+#[test]
+fn second_server_on_a_taken_port_is_refused() {
+    let (mut first, addr, _rx) = start(&["--no-files"]);
+    let port = addr.port().to_string();
+    let mut second = Command::new(BIN)
+        .args(["--port", &port, "--no-pin", "--workers", "1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Today's failure mode was a second server that starts: bound the wait.
+    let code = wait_exit(&mut second, Duration::from_secs(5));
+    let mut stderr = String::new();
+    second
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.contains(&format!("cannot listen on {addr}"))
+            && line.contains("in use")
+            && line.contains("--share-port"),
+        "{stderr}"
+    );
+    let mut joined = Command::new(BIN)
+        .args([
+            "--port",
+            &port,
+            "--no-pin",
+            "--workers",
+            "1",
+            "--share-port",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = joined.stderr.take().expect("stderr");
+    let started = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("listening on"));
+    assert!(started, "--share-port joins the group");
+    for child in [&mut joined, &mut first] {
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
+        assert_eq!(wait_exit(child, Duration::from_secs(5)), Some(0));
+    }
 }
 
 /// With only 40 descriptors, accept fails with EMFILE: the server logs it

@@ -55,6 +55,17 @@ fn accepted() -> Vec<Ok_> {
             false,
             |r| assert_eq!(r[0].header("connection"), Some("keep-alive")),
         ),
+        ok(
+            "http12 served as 1.1 (RFC 9110 2.5)",
+            b"GET /plaintext HTTP/1.2\r\nHost: a\r\n\r\nGET /json HTTP/1.9\r\nHost: a\r\n\r\n",
+            &[200, 200],
+            false,
+            |r| {
+                assert!(r.iter().all(|r| r.header("connection").is_none()));
+                assert_eq!(r[1].body, br#"{"message":"Hello, World!"}"#);
+            },
+        ),
+        ok("http13 after an empty line", b"\r\nGET /plaintext HTTP/1.3\r\nHost: a\r\n\r\n", &[200], false, none),
         ok("http11 close", b"GET /plaintext HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", &[200], true, |r| {
             assert!(r[0].closes())
         }),
@@ -357,9 +368,19 @@ fn rejected() -> Vec<Bad> {
             UnsupportedVersion,
         ),
         bad(
-            "http12 version",
-            b"GET /plaintext HTTP/1.2\r\nHost: a\r\n\r\n",
+            "http30 version",
+            b"GET /plaintext HTTP/3.0\r\nHost: a\r\n\r\n",
             UnsupportedVersion,
+        ),
+        bad(
+            "http20 after an empty line",
+            b"\r\nGET /plaintext HTTP/2.0\r\nHost: a\r\n\r\n",
+            UnsupportedVersion,
+        ),
+        bad(
+            "http12 needs host as 1.1 does",
+            b"GET /plaintext HTTP/1.2\r\n\r\n",
+            MissingHost,
         ),
         bad(
             "http09 version",

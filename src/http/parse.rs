@@ -165,7 +165,47 @@ pub fn parse_head(
     head: &mut Head,
     limits: &Limits,
 ) -> Result<bool, Reject> {
-    let bytes = &buf[..end];
+    match parse_request(&buf[..end], head, limits) {
+        Err(rejected) => {
+            // RFC 9110 §2.5: a higher minor version of HTTP/1 is processed
+            // as HTTP/1.1. httparse refuses it, so parse a copy that says
+            // 1.1; it has the same length, so its spans fit `buf`.
+            let Some(at) = later_http1_minor(&buf[..end]) else {
+                return Err(rejected);
+            };
+            let mut copy = buf[..end].to_vec();
+            copy[at] = b'1';
+            parse_request(&copy, head, limits)
+        }
+        parsed => parsed,
+    }
+}
+
+/// Where the minor digit of an `HTTP/1.x` version with x >= 2 sits in
+/// `head`'s request line, if it has one.
+fn later_http1_minor(head: &[u8]) -> Option<usize> {
+    let (start, line) = request_line(head);
+    if !well_formed_version(line) {
+        return None;
+    }
+    let version = &line[line.len() - 8..];
+    (version.starts_with(b"HTTP/1.") && version[7] >= b'2').then_some(start + line.len() - 1)
+}
+
+/// The request line (without its line end) and where it starts, after
+/// any leading empty lines (RFC 9112 §2.2).
+fn request_line(head: &[u8]) -> (usize, &[u8]) {
+    let start = head
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(head.len());
+    let rest = &head[start..];
+    let line = &rest[..memchr(b'\n', rest).unwrap_or(rest.len())];
+    (start, line.strip_suffix(b"\r").unwrap_or(line))
+}
+
+/// `parse_head` on exactly the head's bytes; spans are relative to `bytes`.
+fn parse_request(bytes: &[u8], head: &mut Head, limits: &Limits) -> Result<bool, Reject> {
     let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS_CEILING];
     let max = limits.max_headers.min(MAX_HEADERS_CEILING);
     let mut req = httparse::Request::new(&mut []);
@@ -179,15 +219,15 @@ pub fn parse_head(
     };
     head.len = len;
     head.minor = minor;
-    head.method = Span::of(buf, method.as_bytes());
-    head.target = Span::of(buf, target.as_bytes());
+    head.method = Span::of(bytes, method.as_bytes());
+    head.target = Span::of(bytes, target.as_bytes());
     head.is_head = method == "HEAD";
     split_target(head, method, target)?;
     head.headers.clear();
     let mut fields = Fields::default();
     for h in req.headers.iter() {
         head.headers
-            .push((Span::of(buf, h.name.as_bytes()), Span::of(buf, h.value)));
+            .push((Span::of(bytes, h.name.as_bytes()), Span::of(bytes, h.value)));
         fields.note(h.name.as_bytes(), h.value, limits)?;
     }
     fields.finish(head, limits)
@@ -417,8 +457,8 @@ fn trim(v: &[u8]) -> &[u8] {
 /// Turns httparse's coarse error into the rule that was broken. Runs only on
 /// the error path, so it may rescan the head.
 fn classify(head: &[u8], err: httparse::Error) -> Reject {
-    let line_end = memchr(b'\n', head).unwrap_or(head.len());
-    let request_line = &head[..line_end];
+    let (start, request_line) = request_line(head);
+    let line_end = start + memchr(b'\n', &head[start..]).unwrap_or(head.len() - start);
     if has_bare_cr(head) {
         return Reject::BareCr;
     }
@@ -432,7 +472,7 @@ fn classify(head: &[u8], err: httparse::Error) -> Reject {
             }
         }
         httparse::Error::HeaderName => {
-            let fields = &head[line_end + 1..];
+            let fields = head.get(line_end + 1..).unwrap_or_default();
             if fields.starts_with(b" ") || fields.starts_with(b"\t") || contains_fold(fields) {
                 Reject::ObsFold
             } else if space_before_colon(fields) {

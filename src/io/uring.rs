@@ -885,6 +885,12 @@ impl<H: Handler> Loop<'_, H> {
             return;
         }
         if e.conn.is_done() {
+            if e.conn.is_idle() && self.input_may_wait(key) {
+                return;
+            }
+            let Some(e) = self.conns.get_mut(key) else {
+                return;
+            };
             if e.conn.lingers() && !e.eof {
                 e.linger_until = Some(self.now + self.linger);
                 let sqe = opcode::Shutdown::new(types::Fd(e.fd.as_raw_fd()), libc::SHUT_WR).build();
@@ -904,6 +910,42 @@ impl<H: Handler> Loop<'_, H> {
             self.cancel_slot(key, Op::Recv);
         }
         self.arm(key);
+    }
+
+    /// Whether an idle connection that a drain would close may still have
+    /// a request in the kernel; if so it stays open, waiting for it.
+    ///
+    /// Deferred task work reaches the completion queue a bounded number of
+    /// items per enter, so "no completion yet" does not mean "no request".
+    /// The receive is cancelled first; once its final completion is in (any
+    /// bytes it took are handled), nothing but this loop can take bytes
+    /// from the socket, so a peek then answers exactly. Bytes found re-arm
+    /// a receive; the request is answered with `Connection: close`.
+    fn input_may_wait(&mut self, key: usize) -> bool {
+        let Some(e) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if e.eof {
+            return false;
+        }
+        if e.recv_armed {
+            if !e.recv_cancelled {
+                e.recv_cancelled = true;
+                self.cancel_slot(key, Op::Recv);
+            }
+            self.arm(key);
+            return true;
+        }
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+        match SockRef::from(&e.fd).recv_with_flags(&mut byte, flags) {
+            Ok(n) if n > 0 => {
+                self.arm_recv(key);
+                self.arm(key);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Starts the connection's next output operation unless one is in
