@@ -1,10 +1,17 @@
-//! A per-core pool of byte buffers, so idle connections hold none and busy
-//! ones reuse warm allocations instead of asking the allocator per request.
+//! A per-core pool of byte buffers and request states, so idle connections
+//! hold none and busy ones reuse warm allocations instead of asking the
+//! allocator per request.
 
-/// Free list of cleared `Vec<u8>`s. Owned by one core; no locks.
+use crate::http::Exchange;
+
+/// Free lists of cleared `Vec<u8>`s and request states. Owned by one
+/// core; no locks.
 #[derive(Debug)]
 pub struct BufPool {
     free: Vec<Vec<u8>>,
+    /// Boxed so a connection borrows one by moving a pointer.
+    #[allow(clippy::vec_box)]
+    exchanges: Vec<Box<Exchange>>,
     capacity: usize,
     max_free: usize,
 }
@@ -15,6 +22,7 @@ impl BufPool {
     pub fn new(capacity: usize, max_free: usize) -> BufPool {
         BufPool {
             free: Vec::with_capacity(max_free),
+            exchanges: Vec::new(),
             capacity,
             max_free,
         }
@@ -39,6 +47,20 @@ impl BufPool {
         }
         buf.clear();
         self.free.push(buf);
+    }
+
+    /// A request state for a connection that is parsing a head.
+    pub fn take_exchange(&mut self) -> Box<Exchange> {
+        self.exchanges.pop().unwrap_or_default()
+    }
+
+    /// Returns a request state; as with buffers, at most `max_free` are
+    /// kept, and a large decoded body is not.
+    pub fn give_exchange(&mut self, mut exchange: Box<Exchange>) {
+        if self.exchanges.len() < self.max_free {
+            exchange.reset(self.capacity * 4);
+            self.exchanges.push(exchange);
+        }
     }
 
     /// Buffers waiting in the pool.

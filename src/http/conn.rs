@@ -86,6 +86,33 @@ enum Chunk {
     File(FileBody),
 }
 
+/// What a connection needs only while a request is in progress: the
+/// parsed head (with its field spans) and the body decoder. An idle
+/// connection holds none; the core's pool lends one for each call that
+/// parses a head (`BufPool::take_exchange`), and it stays with the
+/// connection only while a body is still arriving.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    head: Head,
+    /// In `Chunked`: offset in the request where undecoded body bytes start.
+    body_pos: usize,
+    chunked: Chunked,
+    decoded: Vec<u8>,
+}
+
+impl Exchange {
+    /// Ready for the next request; a decoded body larger than `keep`
+    /// bytes gives its memory back.
+    pub fn reset(&mut self, keep: usize) {
+        self.body_pos = 0;
+        self.chunked = Chunked::default();
+        self.decoded.clear();
+        if self.decoded.capacity() > keep {
+            self.decoded = Vec::new();
+        }
+    }
+}
+
 /// One HTTP/1.1 connection's protocol state.
 #[derive(Debug)]
 pub struct Conn {
@@ -105,11 +132,8 @@ pub struct Conn {
     /// Bytes moved out by `take_transmit` and not yet acknowledged.
     in_flight: usize,
     scan: Scan,
-    head: Head,
-    /// In `Chunked`: offset in the request where undecoded body bytes start.
-    body_pos: usize,
-    chunked: Chunked,
-    decoded: Vec<u8>,
+    /// Lent by the pool while a request body is still arriving.
+    exchange: Option<Box<Exchange>>,
     draining: bool,
     /// Bytes were dropped or may still come after the close decision:
     /// the backend must drain them before closing (see `lingers`).
@@ -132,10 +156,7 @@ impl Conn {
             sent: 0,
             in_flight: 0,
             scan: Scan::default(),
-            head: Head::default(),
-            body_pos: 0,
-            chunked: Chunked::default(),
-            decoded: Vec::new(),
+            exchange: None,
             draining: false,
             linger: false,
             peer_done: false,
@@ -155,23 +176,29 @@ impl Conn {
             self.linger |= !data.is_empty();
             return;
         }
+        let mut ex = self
+            .exchange
+            .take()
+            .unwrap_or_else(|| ctx.pool.take_exchange());
         if self.input.is_empty() {
-            let used = self.process(data, ctx);
+            let used = self.process(data, &mut ex, ctx);
             if used < data.len() && !self.is_closing() {
-                self.keep(&data[used..], ctx.pool);
+                self.keep(&data[used..], &mut ex, ctx.pool);
             }
         } else {
             self.input.extend_from_slice(data);
             let input = mem::take(&mut self.input);
-            let used = self.process(&input, ctx);
+            let used = self.process(&input, &mut ex, ctx);
             self.input = input;
             if self.is_closing() {
                 self.input.clear();
             } else {
                 self.input.drain(..used);
-                self.compact();
+                self.compact(&mut ex);
             }
         }
+        self.exchange = Some(ex);
+        self.release_exchange(ctx.pool);
         if self.input.is_empty() && self.input.capacity() > 0 {
             ctx.pool.give(mem::take(&mut self.input));
         }
@@ -220,6 +247,7 @@ impl Conn {
                 Deadline::Head | Deadline::Idle | Deadline::Write => self.phase = Phase::Closed,
             }
         }
+        self.release_exchange(ctx.pool);
         self.rearm(ctx.now, ctx.limits, false);
     }
 
@@ -412,13 +440,27 @@ impl Conn {
         }
     }
 
+    /// Gives the exchange back to the pool unless a body is still arriving.
+    fn release_exchange(&mut self, pool: &mut BufPool) {
+        if !matches!(self.phase, Phase::Length(_) | Phase::Chunked) {
+            if let Some(ex) = self.exchange.take() {
+                pool.give_exchange(ex);
+            }
+        }
+    }
+
     fn has_partial_request(&self) -> bool {
         !self.input.is_empty() || self.scan.started()
     }
 
     /// Answers every complete request at the front of `buf`; returns how
     /// many bytes those requests used.
-    fn process<H: Handler + ?Sized>(&mut self, buf: &[u8], ctx: &mut Ctx<'_, H>) -> usize {
+    fn process<H: Handler + ?Sized>(
+        &mut self,
+        buf: &[u8],
+        ex: &mut Exchange,
+        ctx: &mut Ctx<'_, H>,
+    ) -> usize {
         let mut pos = 0;
         loop {
             if self.pending() >= self.max_pending {
@@ -427,9 +469,9 @@ impl Conn {
             let req = &buf[pos..];
             let step = match self.phase {
                 Phase::Head if req.is_empty() => return pos,
-                Phase::Head => self.read_head(req, ctx),
-                Phase::Length(n) => Ok(self.read_length_body(req, n, ctx)),
-                Phase::Chunked => self.read_chunked_body(req, ctx),
+                Phase::Head => self.read_head(req, ex, ctx),
+                Phase::Length(n) => Ok(self.read_length_body(req, n, ex, ctx)),
+                Phase::Chunked => self.read_chunked_body(req, ex, ctx),
                 Phase::Closing | Phase::Closed => {
                     self.linger |= pos < buf.len();
                     return buf.len();
@@ -451,6 +493,7 @@ impl Conn {
     fn read_head<H: Handler + ?Sized>(
         &mut self,
         req: &[u8],
+        ex: &mut Exchange,
         ctx: &mut Ctx<'_, H>,
     ) -> Result<Option<usize>, Reject> {
         // httparse skips leading empty lines (RFC 9112 §2.2), so an empty
@@ -460,26 +503,26 @@ impl Conn {
                 Found::Complete(end) => end,
                 Found::Partial => return Ok(None),
             };
-            if parse_head(req, end, &mut self.head, ctx.limits)? {
+            if parse_head(req, end, &mut ex.head, ctx.limits)? {
                 break;
             }
         }
-        let head_len = self.head.len;
-        match self.head.framing {
+        let head_len = ex.head.len;
+        match ex.head.framing {
             Some(Framing::Length(n)) => {
                 // NOTE(cast): n <= max_body, which a usize holds on 64-bit.
                 self.phase = Phase::Length(n as usize);
-                self.send_continue(req.len() == head_len, ctx.pool);
-                Ok(self.read_length_body(req, n as usize, ctx))
+                self.send_continue(&ex.head, req.len() == head_len, ctx.pool);
+                Ok(self.read_length_body(req, n as usize, ex, ctx))
             }
             Some(Framing::Chunked) => {
                 self.phase = Phase::Chunked;
-                self.body_pos = head_len;
-                self.send_continue(req.len() == head_len, ctx.pool);
-                self.read_chunked_body(req, ctx)
+                ex.body_pos = head_len;
+                self.send_continue(&ex.head, req.len() == head_len, ctx.pool);
+                self.read_chunked_body(req, ex, ctx)
             }
             _ => {
-                self.dispatch(&req[..head_len], &[], ctx);
+                self.dispatch(&req[..head_len], &ex.head, &[], ctx);
                 Ok(Some(head_len))
             }
         }
@@ -489,46 +532,50 @@ impl Conn {
         &mut self,
         req: &[u8],
         n: usize,
+        ex: &mut Exchange,
         ctx: &mut Ctx<'_, H>,
     ) -> Option<usize> {
-        let head_len = self.head.len;
+        let head_len = ex.head.len;
         let end = head_len + n;
         if req.len() < end {
             return None;
         }
-        self.dispatch(&req[..head_len], &req[head_len..end], ctx);
+        self.dispatch(&req[..head_len], &ex.head, &req[head_len..end], ctx);
         Some(end)
     }
 
     fn read_chunked_body<H: Handler + ?Sized>(
         &mut self,
         req: &[u8],
+        ex: &mut Exchange,
         ctx: &mut Ctx<'_, H>,
     ) -> Result<Option<usize>, Reject> {
         let limits = ctx.limits;
-        let mut decoded = mem::take(&mut self.decoded);
-        let used = self.chunked.decode(
-            &req[self.body_pos..],
-            &mut decoded,
+        let used = ex.chunked.decode(
+            &req[ex.body_pos..],
+            &mut ex.decoded,
             limits.max_body,
             limits.max_chunk_line,
         );
-        self.decoded = decoded;
-        self.body_pos += used?;
-        if !self.chunked.is_done() {
+        ex.body_pos += used?;
+        if !ex.chunked.is_done() {
             return Ok(None);
         }
-        let decoded = mem::take(&mut self.decoded);
-        let end = self.body_pos;
-        self.dispatch(&req[..self.head.len], &decoded, ctx);
-        self.decoded = decoded;
-        self.decoded.clear();
+        let end = ex.body_pos;
+        self.dispatch(&req[..ex.head.len], &ex.head, &ex.decoded, ctx);
+        ex.reset(usize::MAX);
         Ok(Some(end))
     }
 
     /// Calls the handler and queues its response; a panic becomes a 500.
-    fn dispatch<H: Handler + ?Sized>(&mut self, head: &[u8], body: &[u8], ctx: &mut Ctx<'_, H>) {
-        let request = Request::new(head, &self.head, body);
+    fn dispatch<H: Handler + ?Sized>(
+        &mut self,
+        raw: &[u8],
+        head: &Head,
+        body: &[u8],
+        ctx: &mut Ctx<'_, H>,
+    ) {
+        let request = Request::new(raw, head, body);
         let handler = &mut *ctx.handler;
         let (res, panicked) = match catch_unwind(AssertUnwindSafe(|| handler.call(&request))) {
             Ok(res) => (res, false),
@@ -537,8 +584,8 @@ impl Conn {
                 (Response::text(500, "internal server error"), true)
             }
         };
-        let close = panicked || !self.head.keep_alive || res.wants_close() || self.draining;
-        let persist = match (close, self.head.minor) {
+        let close = panicked || !head.keep_alive || res.wants_close() || self.draining;
+        let persist = match (close, head.minor) {
             (true, _) => Persist::Close,
             (false, 0) => Persist::KeepAlive,
             (false, _) => Persist::Default,
@@ -549,10 +596,10 @@ impl Conn {
             &res,
             ctx.date.as_bytes(),
             persist,
-            self.head.is_head,
+            head.is_head,
         );
         if let Body::File(file) = res.body() {
-            if sends_body(&res, self.head.is_head) && !file.is_empty() {
+            if sends_body(&res, head.is_head) && !file.is_empty() {
                 self.queue_file(file.clone());
             }
         }
@@ -590,8 +637,8 @@ impl Conn {
         self.queue.push_back(Chunk::File(file));
     }
 
-    fn send_continue(&mut self, no_body_yet: bool, pool: &mut BufPool) {
-        if self.head.expect_continue && no_body_yet {
+    fn send_continue(&mut self, head: &Head, no_body_yet: bool, pool: &mut BufPool) {
+        if head.expect_continue && no_body_yet {
             self.ensure_out(pool);
             self.out.extend_from_slice(CONTINUE);
         }
@@ -599,8 +646,6 @@ impl Conn {
 
     fn next_request(&mut self) {
         self.scan = Scan::default();
-        self.chunked = Chunked::default();
-        self.body_pos = 0;
         self.deadlines[Deadline::Head as usize] = None;
         self.deadlines[Deadline::Body as usize] = None;
     }
@@ -613,12 +658,12 @@ impl Conn {
 
     /// Keeps the unanswered tail of a request from the caller's slice. For a
     /// chunked body only the head and the undecoded bytes are kept.
-    fn keep(&mut self, req: &[u8], pool: &mut BufPool) {
+    fn keep(&mut self, req: &[u8], ex: &mut Exchange, pool: &mut BufPool) {
         self.input = pool.take();
         if self.phase == Phase::Chunked {
-            self.input.extend_from_slice(&req[..self.head.len]);
-            self.input.extend_from_slice(&req[self.body_pos..]);
-            self.body_pos = self.head.len;
+            self.input.extend_from_slice(&req[..ex.head.len]);
+            self.input.extend_from_slice(&req[ex.body_pos..]);
+            ex.body_pos = ex.head.len;
         } else {
             self.input.extend_from_slice(req);
         }
@@ -626,10 +671,10 @@ impl Conn {
 
     /// Drops decoded chunk bytes from the kept input, so a body sent in tiny
     /// chunks costs its decoded size, not its framing.
-    fn compact(&mut self) {
-        if self.phase == Phase::Chunked && self.body_pos > self.head.len {
-            self.input.drain(self.head.len..self.body_pos);
-            self.body_pos = self.head.len;
+    fn compact(&mut self, ex: &mut Exchange) {
+        if self.phase == Phase::Chunked && ex.body_pos > ex.head.len {
+            self.input.drain(ex.head.len..ex.body_pos);
+            ex.body_pos = ex.head.len;
         }
     }
 

@@ -11,7 +11,7 @@ mod request;
 mod response;
 
 pub use body::Chunked;
-pub use conn::{Conn, Ctx};
+pub use conn::{Conn, Ctx, Exchange};
 pub use date::{DateCache, DATE_LEN};
 pub use limits::{Limits, MAX_HEADERS_CEILING};
 pub use parse::{find_head_end, parse_head, Found, Framing, Head, Scan, Span};

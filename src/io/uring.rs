@@ -13,7 +13,7 @@
 //! included) has arrived.
 //!
 //! INVARIANT: a slab slot, its descriptor and its in-flight send or file
-//! read buffer (`Entry::sending`, `Entry::reading`) stay
+//! read buffer (`Entry::sending`) stay
 //! put until `Entry::ops` is zero, i.e. until the final CQE of every SQE
 //! that names them. Receive buffers belong to the per-core `BufRing`.
 //!
@@ -265,15 +265,14 @@ struct Entry {
     /// No receive was armed yet (the first one is single-shot).
     fresh: bool,
     /// The buffer being sent and how much of it went out; it stays here
-    /// until fully sent (short sends continue from `sent`).
+    /// until fully sent (short sends continue from `sent`). While a file
+    /// Read is in flight (`out_op`), the buffer it fills; the read bytes
+    /// are then sent from it.
     sending: Option<Vec<u8>>,
     sent: usize,
     /// The output operation in flight, if any: a Send, a file Read, or a
     /// wait for the socket to take more (after sendfile met EAGAIN).
     out_op: Option<Op>,
-    /// The buffer a file Read is filling; it becomes `sending` when the
-    /// Read completes.
-    reading: Option<Vec<u8>>,
     /// The file that Read reads from, held here so its descriptor stays
     /// open until the Read completes (the connection may drop its copy).
     reading_from: Option<FileBody>,
@@ -490,7 +489,7 @@ impl<H: Handler> Loop<'_, H> {
         let entry = entry.user_data(ud.encode());
         loop {
             // SAFETY: every buffer an SQE names (send and file read buffers,
-            // in `Entry::sending` and `Entry::reading`;
+            // in `Entry::sending`;
             // receive buffers, in `BufRing`) stays allocated and unmoved until
             // the SQE's final completion (module INVARIANT). No other
             // view of the submission queue exists while this one does.
@@ -670,7 +669,6 @@ impl<H: Handler> Loop<'_, H> {
             sending: None,
             sent: 0,
             out_op: None,
-            reading: None,
             reading_from: None,
             eof: false,
             closing: false,
@@ -792,7 +790,7 @@ impl<H: Handler> Loop<'_, H> {
         e.ops -= 1;
         e.out_op = None;
         e.reading_from = None;
-        let Some(mut buf) = e.reading.take() else {
+        let Some(mut buf) = e.sending.take() else {
             return;
         };
         let len = buf.len();
@@ -1062,7 +1060,7 @@ impl<H: Handler> Loop<'_, H> {
         )
         .offset(offset)
         .build();
-        e.reading = Some(buf);
+        e.sending = Some(buf);
         e.reading_from = Some(file);
         e.out_op = Some(Op::Read);
         self.push_for(key, Op::Read, sqe);
@@ -1145,7 +1143,7 @@ impl<H: Handler> Loop<'_, H> {
             return;
         }
         let e = self.conns.remove(key);
-        for buf in [e.sending, e.reading].into_iter().flatten() {
+        if let Some(buf) = e.sending {
             self.env.pool.give(buf);
         }
         // Closed by the ring with the next enter, not by a close(2) of its

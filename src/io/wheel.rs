@@ -19,11 +19,19 @@ const SLOTS: usize = 1024;
 /// Timer entries of one core, keyed by (slab key, generation).
 #[derive(Debug)]
 pub struct Wheel {
-    slots: Vec<Vec<(usize, u32, u64)>>,
+    slots: Vec<Vec<Timer>>,
     origin: Instant,
     /// The next tick to expire.
     cursor: u64,
     len: usize,
+}
+
+/// One armed deadline: 16 bytes, about one per open connection.
+#[derive(Clone, Copy, Debug)]
+struct Timer {
+    key: u32,
+    gen: u32,
+    tick: u64,
 }
 
 impl Wheel {
@@ -47,7 +55,10 @@ impl Wheel {
     /// Arms `(key, gen)` for `at`; returns the tick it landed in.
     pub fn insert(&mut self, at: Instant, key: usize, gen: u32) -> u64 {
         let tick = self.tick_of(at).max(self.cursor);
-        self.slots[(tick % SLOTS as u64) as usize].push((key, gen, tick));
+        // Slab keys stay below 2^32 (io_uring's user_data holds 32 bits);
+        // a key that did not would find no slot when it fires, harmlessly.
+        let key = u32::try_from(key).unwrap_or(u32::MAX);
+        self.slots[(tick % SLOTS as u64) as usize].push(Timer { key, gen, tick });
         self.len += 1;
         tick
     }
@@ -64,10 +75,10 @@ impl Wheel {
             for i in 0..visits {
                 let slot = &mut self.slots[((self.cursor + i) % SLOTS as u64) as usize];
                 let before = slot.len();
-                slot.retain(|&(key, gen, tick)| {
-                    let fire = tick <= until;
+                slot.retain(|t| {
+                    let fire = t.tick <= until;
                     if fire {
-                        due.push((key, gen));
+                        due.push((t.key as usize, t.gen));
                     }
                     !fire
                 });
