@@ -840,6 +840,77 @@ fn eof_mid_request_closes_without_answer() {
     assert!(h.wire.is_empty());
 }
 
+/// Found by the conn fuzz target (docs/TESTING.md): EOF with a partial
+/// request buffered closes without answering it, but its head or body
+/// deadline stayed armed and answered 408 after the close decision. With
+/// nothing pending that turned a done connection back into a sending one;
+/// behind an unsent response it added a 408 the peer never asked for.
+#[test]
+fn eof_mid_request_leaves_no_deadline_to_answer_it() {
+    let limits = Limits::default();
+    let later = limits.head_timeout.max(limits.body_timeout);
+    // Nothing pending: done at EOF, and stays done.
+    let mut h = Harness::with_limits(limits.clone());
+    h.feed(b"GET /pl");
+    h.conn.handle_eof();
+    assert!(h.conn.is_done());
+    h.expire(later);
+    assert!(h.conn.is_done(), "a deadline reopened a done connection");
+    assert!(h.conn.poll_transmit().is_empty(), "408 after EOF");
+    // A partial head or body behind an unsent response: only that
+    // response goes out.
+    for partial in [
+        &b"GET /pl"[..],
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhe",
+    ] {
+        let mut h = Harness::with_limits(limits.clone());
+        h.input(&[NEXT, partial].concat());
+        h.conn.handle_eof();
+        assert!(!h.conn.is_done(), "the first response is still owed");
+        h.expire(later);
+        h.flush();
+        let statuses: Vec<u16> = h.responses().iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            [200],
+            "for {:?}",
+            String::from_utf8_lossy(partial)
+        );
+        assert!(h.conn.is_done());
+    }
+}
+
+/// Found while writing the conn fuzz target: a request that arrived whole
+/// but waits behind unsent output (backpressure) had its head deadline
+/// running, so a peer that reads a large response steadily but for longer
+/// than `head_timeout` got "408 request head not received in time" for a
+/// head it had sent long before. While the connection does not read, the
+/// head clock stops; the write deadline guards a peer that stops reading.
+#[test]
+fn head_deadline_does_not_run_while_output_blocks_reading() {
+    let limits = Limits::default();
+    let mut h = Harness::with_limits(limits.clone());
+    h.input(&[&b"GET /big?300000 HTTP/1.1\r\nHost: a\r\n\r\n"[..], NEXT].concat());
+    assert!(!h.conn.wants_read(), "the second request waits");
+    // The peer reads a little every `write_timeout / 2`, for longer than
+    // the head timeout.
+    let step = limits.write_timeout / 2;
+    let mut waited = std::time::Duration::ZERO;
+    while waited <= limits.head_timeout * 2 {
+        h.expire(step);
+        waited += step;
+        let out = h.conn.poll_transmit();
+        let n = out.len().min(1000);
+        let out = out[..n].to_vec();
+        h.wire.extend_from_slice(&out);
+        h.ack(n);
+    }
+    h.flush();
+    let statuses: Vec<u16> = h.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200]);
+    assert!(!h.conn.is_closing());
+}
+
 #[test]
 fn limits_are_configurable() {
     let limits = Limits {

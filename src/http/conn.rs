@@ -411,6 +411,12 @@ impl Conn {
             && self.pending() >= self.max_pending;
         if self.peer_done && !waits_on_output && self.phase != Phase::Closed {
             self.phase = Phase::Closing;
+            // A partial request can never complete now, and is dropped
+            // unanswered: no head or body deadline may answer it with 408.
+            // (`rearm` clears them too; `handle_eof` has no clock to call it.)
+            self.deadlines[Deadline::Head as usize] = None;
+            self.deadlines[Deadline::Body as usize] = None;
+            self.deadlines[Deadline::Idle as usize] = None;
         }
     }
 
@@ -681,6 +687,10 @@ impl Conn {
     /// Sets or clears each deadline for the current state.
     fn rearm(&mut self, now: Instant, limits: &Limits, got_input: bool) {
         let pending = self.pending() > 0;
+        // Too much unsent output: requests are not read (`wants_read`), so
+        // the time they take to arrive is not the peer's; the write
+        // deadline guards a peer that stops reading.
+        let blocked = self.pending() >= self.max_pending;
         let d = &mut self.deadlines;
         let closing = matches!(self.phase, Phase::Closing | Phase::Closed);
         let in_head = self.phase == Phase::Head;
@@ -688,7 +698,7 @@ impl Conn {
         let in_body = matches!(self.phase, Phase::Length(_) | Phase::Chunked);
 
         let head = &mut d[Deadline::Head as usize];
-        if !in_head || closing {
+        if !in_head || closing || blocked {
             *head = None;
         } else if partial && head.is_none() {
             *head = Some(now + limits.head_timeout);

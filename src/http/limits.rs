@@ -34,6 +34,8 @@ pub struct Limits {
     pub max_pending_output: usize,
     /// Time from a request's first byte (or from accept) to the end of its
     /// head. Then: 408 and close. Default 15 s. Guards against slowloris.
+    /// The clock stops while unsent output keeps the connection from
+    /// reading (`max_pending_output`), and restarts when it reads again.
     pub head_timeout: Duration,
     /// Longest pause between two reads of a request body. Then: 408 and
     /// close. Default 30 s.
