@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::net::Client;
+use common::net::{wait_exit, Client};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -50,18 +50,6 @@ fn start_with(mut command: Command, args: &[&str]) -> (Child, SocketAddr, mpsc::
         }
     }
     (child, addr.expect("address"), rx)
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status.code();
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    None
 }
 
 #[test]

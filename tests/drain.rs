@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::net::{Client, TestServer};
+use common::net::{wait_exit, Client, TestServer};
 use coreloop::{Backend, Request, Response};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -131,18 +131,6 @@ fn start(backend: &str) -> (Child, SocketAddr) {
     // Keep reading stderr so the server never blocks on a full pipe.
     thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     (child, addr)
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status.code();
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    None
 }
 
 /// The same race made deterministic: one core is held inside a handler

@@ -234,3 +234,17 @@ pub fn eventually(wait: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// Waits up to `within` for a child process to exit and returns its exit
+/// code; kills it and returns `None` when it is still running.
+pub fn wait_exit(child: &mut std::process::Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code();
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    None
+}
