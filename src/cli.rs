@@ -77,6 +77,10 @@ pub struct Args {
     /// How long a graceful shutdown may take before connections are forced.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
+    /// On SIGTERM, answer /readyz with 503 and keep serving normally this
+    /// long before draining, so a load balancer stops sending first.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    drain_delay: Duration,
     /// Event-loop backend: auto tries io_uring and falls back to epoll.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
@@ -182,6 +186,7 @@ impl Args {
                 ..Limits::default()
             },
             shutdown_timeout: self.shutdown_timeout,
+            drain_delay: self.drain_delay,
             linger_timeout: self.linger_timeout,
             read_buffer: size("read-buffer", self.read_buffer)?,
             backend: match self.backend {
@@ -242,7 +247,11 @@ pub fn main() -> ExitCode {
     };
     let result = Server::new(config).bind().and_then(|bound| {
         let (stats, backend) = (bound.stats(), bound.backend());
-        bound.serve(move |_core| handler::site(&site, stats.clone(), backend))
+        let shutdown = bound.shutdown_handle();
+        bound.serve(move |_core| {
+            handler::site(&site, stats.clone(), backend)
+                .get("/readyz", handler::readiness(shutdown.clone()))
+        })
     });
     match result {
         Ok(report) => {

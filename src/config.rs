@@ -64,6 +64,12 @@ pub struct Config {
     /// How long a graceful shutdown may take before the remaining
     /// connections are closed by force. Default 10 s.
     pub shutdown_timeout: Duration,
+    /// Between the first SIGTERM/SIGINT and the drain: the server keeps
+    /// serving (and accepting) while `Shutdown::is_ready` says false, so
+    /// `/readyz` answers 503 and a load balancer stops sending first.
+    /// Default 0 (drain at once). Set it to the balancer's health-check
+    /// interval times its failure threshold.
+    pub drain_delay: Duration,
     /// After the last response on a closing connection, how long to keep
     /// reading (and dropping) what the peer still sends, so the response is
     /// not destroyed by a TCP reset. Default 2 s.
@@ -118,6 +124,7 @@ impl Default for Config {
             max_conns: 8192,
             limits: Limits::default(),
             shutdown_timeout: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
             linger_timeout: Duration::from_secs(2),
             read_buffer: 64 * 1024,
             backend: Backend::Auto,

@@ -183,7 +183,7 @@ impl Bound {
     {
         if self.config.handle_signals {
             self.shutdown
-                .handle_signals()
+                .handle_signals(self.config.drain_delay)
                 .map_err(|source| Error::Setup {
                     what: "signal handlers",
                     source,

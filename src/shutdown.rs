@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -31,6 +32,8 @@ pub struct Shutdown {
 #[derive(Default)]
 struct Inner {
     flag: AtomicBool,
+    /// Shutdown was asked for; the drain may start later (`drain_delay`).
+    announced: AtomicBool,
     /// Touched at start (one push per core) and once at shutdown; never on
     /// the request path.
     wakers: Mutex<Vec<Arc<dyn Wake>>>,
@@ -45,6 +48,7 @@ impl Shutdown {
     /// Starts a graceful shutdown: every core stops accepting, answers what
     /// it has received, and exits. Calling it again does nothing more.
     pub fn trigger(&self) {
+        self.announce();
         self.inner.flag.store(true, Ordering::Release);
         let wakers = self
             .inner
@@ -54,6 +58,18 @@ impl Shutdown {
         for w in wakers.iter() {
             w.wake();
         }
+    }
+
+    /// Says that shutdown is coming: `is_ready` turns false (so `/readyz`
+    /// answers 503) while the cores keep serving until `trigger`.
+    pub fn announce(&self) {
+        self.inner.announced.store(true, Ordering::Release);
+    }
+
+    /// Whether the server still wants new traffic: false from `announce`
+    /// (or `trigger`) on.
+    pub fn is_ready(&self) -> bool {
+        !self.inner.announced.load(Ordering::Acquire)
     }
 
     /// Whether shutdown has started. One atomic load, read once per loop turn.
@@ -76,28 +92,47 @@ impl Shutdown {
         wakers.push(waker);
     }
 
-    /// Starts a thread that triggers shutdown on the first SIGTERM or SIGINT
-    /// and exits the process at once, with 128 + the signal number, on the
-    /// second.
-    pub fn handle_signals(&self) -> std::io::Result<()> {
+    /// Starts a thread that, on the first SIGTERM or SIGINT, announces
+    /// shutdown, keeps serving for `drain_delay`, then triggers the drain;
+    /// a second signal (during the delay too) exits the process at once
+    /// with 128 + the signal number.
+    pub fn handle_signals(&self, drain_delay: Duration) -> std::io::Result<()> {
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
         let shutdown = self.clone();
         thread::Builder::new()
             .name("coreloop-signals".into())
-            .spawn(move || {
-                for signal in signals.forever() {
-                    if shutdown.is_triggered() {
-                        log::warn!("second signal {signal}: exiting now");
-                        std::process::exit(128 + signal);
-                    }
-                    log::info!(
-                        "signal {signal}: shutting down gracefully (send it again to exit at once)"
-                    );
-                    shutdown.trigger();
+            .spawn(move || loop {
+                let Some(signal) = signals.wait().next() else {
+                    continue;
+                };
+                if !shutdown.is_ready() {
+                    exit_now(signal);
                 }
+                shutdown.announce();
+                if !drain_delay.is_zero() {
+                    log::info!(
+                        "signal {signal}: not ready (/readyz 503); serving {drain_delay:?} more, then draining (send it again to exit at once)"
+                    );
+                    let until = Instant::now() + drain_delay;
+                    while Instant::now() < until {
+                        if let Some(again) = signals.pending().next() {
+                            exit_now(again);
+                        }
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                log::info!(
+                    "signal {signal}: shutting down gracefully (send it again to exit at once)"
+                );
+                shutdown.trigger();
             })?;
         Ok(())
     }
+}
+
+fn exit_now(signal: i32) -> ! {
+    log::warn!("second signal {signal}: exiting now");
+    std::process::exit(128 + signal);
 }
 
 impl std::fmt::Debug for Shutdown {

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::net::{wait_exit, Client};
+use common::net::{eventually, wait_exit, Client};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -119,6 +119,52 @@ fn second_signal_exits_at_once() {
     kill(pid, Signal::SIGTERM).expect("signal");
     thread::sleep(Duration::from_millis(200));
     assert_eq!(child.try_wait().expect("wait"), None, "still draining");
+    kill(pid, Signal::SIGTERM).expect("signal");
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(3)),
+        Some(128 + 15)
+    );
+}
+
+/// --drain-delay: after SIGTERM /readyz says 503 at once, while the
+/// server keeps accepting and serving normally for the delay; then it
+/// drains and exits 0.
+#[test]
+fn drain_delay_serves_on_while_readyz_says_503() {
+    let (mut child, addr, _rx) = start(&["--drain-delay", "1500ms", "--no-files"]);
+    let mut probe = Client::connect(addr);
+    let r = probe.get("/readyz");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ready\n"[..]));
+    let signalled = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
+    assert!(
+        eventually(Duration::from_secs(1), || probe.get("/readyz").status
+            == 503),
+        "/readyz turns 503 on the signal"
+    );
+    let mut late = Client::connect(addr);
+    let r = late.get("/plaintext");
+    assert_eq!(r.status, 200, "a new connection during the delay is served");
+    assert!(!r.closes(), "and kept alive: the drain has not begun");
+    assert!(signalled.elapsed() < Duration::from_millis(1500));
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(8)), Some(0));
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1500),
+        "the drain waited for the delay"
+    );
+}
+
+#[test]
+fn second_signal_during_the_drain_delay_exits_at_once() {
+    let (mut child, addr, _rx) = start(&["--drain-delay", "30s"]);
+    let mut probe = Client::connect(addr);
+    assert_eq!(probe.get("/readyz").status, 200);
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGTERM).expect("signal");
+    assert!(eventually(Duration::from_secs(1), || probe
+        .get("/readyz")
+        .status
+        == 503));
     kill(pid, Signal::SIGTERM).expect("signal");
     assert_eq!(
         wait_exit(&mut child, Duration::from_secs(3)),

@@ -9,7 +9,7 @@ mod site;
 pub use builtin::{healthz, json, plaintext};
 pub use files::{Files, FilesConfig};
 pub use router::Router;
-pub use site::{metrics, site, SiteConfig};
+pub use site::{metrics, readiness, site, SiteConfig};
 
 use crate::http::{Request, Response};
 

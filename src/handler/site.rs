@@ -10,6 +10,7 @@ use super::{Files, FilesConfig, Router};
 use crate::config::Backend;
 use crate::http::{Body, Request, Response};
 use crate::metrics::{prometheus, CoreStats};
+use crate::shutdown::Shutdown;
 
 /// The binary's routes and what serves the rest.
 #[derive(Clone, Debug)]
@@ -65,6 +66,19 @@ pub fn site(
         }
     }
     router
+}
+
+/// `/readyz` for load balancers: 200 while the server wants traffic, 503
+/// from the first shutdown signal on (through `--drain-delay` and the
+/// drain). `/healthz` stays 200 while the process serves.
+pub fn readiness(shutdown: Shutdown) -> impl FnMut(&Request<'_>) -> Response {
+    move |_req| {
+        if shutdown.is_ready() {
+            Response::text(200, "ready")
+        } else {
+            Response::text(503, "draining")
+        }
+    }
 }
 
 /// A handler answering every core's counters in Prometheus text.
