@@ -19,6 +19,8 @@
 # Exit 0 on PASS, 1 on FAIL, 2 when the run itself went wrong.
 #
 # Knobs (environment): DURATION (600 s), WARMUP (60 s), SAMPLE (5 s),
+# TARGET (the keep-alive load's path, /plaintext), FILES_ROOT (serve
+# static files from this directory; default --no-files),
 # BACKEND (auto), WORKERS (2), CHURN_RATE (50), BAD_RATE (5), PORT (18622),
 # GOAL_PCT (1), OUT (target/soak-<backend>.tsv), SERVER_ARGS (extra flags),
 # BIN (target/release/coreloop, built if missing).
@@ -36,6 +38,9 @@ GOAL_PCT=${GOAL_PCT:-1}
 OUT=${OUT:-$ROOT/target/soak-$BACKEND.tsv}
 BIN=${BIN:-$ROOT/target/release/coreloop}
 SERVER_ARGS=${SERVER_ARGS:-}
+TARGET=${TARGET:-/plaintext}
+FILES_ROOT=${FILES_ROOT:-}
+if [[ -n $FILES_ROOT ]]; then files=(--root "$FILES_ROOT"); else files=(--no-files); fi
 command -v wrk >/dev/null || { echo "soak: wrk not found (apt-get install wrk)" >&2; exit 2; }
 [[ -x $BIN ]] || (cd "$ROOT" && cargo build --release --quiet)
 (( DURATION > WARMUP )) || { echo "soak: DURATION must exceed WARMUP" >&2; exit 2; }
@@ -47,7 +52,7 @@ trap cleanup EXIT
 
 # shellcheck disable=SC2086
 "$BIN" --port "$PORT" --workers "$WORKERS" --no-pin --backend "$BACKEND" \
-    --log-level warn --no-files $SERVER_ARGS &
+    --log-level warn "${files[@]}" $SERVER_ARGS &
 srv=$!
 pids+=("$srv")
 for _ in $(seq 100); do
@@ -56,7 +61,7 @@ for _ in $(seq 100); do
 done
 
 fds_idle=$(ls "/proc/$srv/fd" | wc -l)
-wrk -t1 -c64 -d"${DURATION}s" "http://127.0.0.1:$PORT/plaintext" >"$OUT.wrk" 2>&1 &
+wrk -t1 -c64 -d"${DURATION}s" "http://127.0.0.1:$PORT$TARGET" >"$OUT.wrk" 2>&1 &
 pids+=($!)
 
 python3 - "$PORT" "$DURATION" "$CHURN_RATE" "$BAD_RATE" >"$OUT.side" 2>&1 <<'PY' &

@@ -33,12 +33,14 @@ impl BufPool {
         self.free.pop().unwrap_or_else(|| touched(self.capacity))
     }
 
-    /// Returns a buffer. Buffers that grew past the pool's size (a large
-    /// response, a long head) are dropped rather than kept: every kept
-    /// buffer then has the same, fully touched size, and rare large
-    /// answers do not, one by one, grow what the pool holds.
+    /// Returns a buffer. Buffers that grew past four times the pool's size
+    /// (a large response) are dropped rather than kept, so one big answer
+    /// does not pin its memory forever; up to that size they are kept
+    /// (io_uring reads file bodies in 64 KiB chunks into them).
     pub fn give(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() == 0 || buf.capacity() > self.capacity || self.free.len() >= self.max_free
+        if buf.capacity() == 0
+            || buf.capacity() > self.capacity * 4
+            || self.free.len() >= self.max_free
         {
             return;
         }
@@ -80,7 +82,10 @@ impl Default for BufPool {
 /// soak.sh). Touching it here, once per buffer the pool creates, makes
 /// the pool's memory visible when it is allocated.
 fn touched(capacity: usize) -> Vec<u8> {
-    let mut buf = vec![0; capacity];
+    // Not `vec![0; n]`: that is calloc, which skips writing memory fresh
+    // from the top of the heap (it is already zero) and so touches nothing.
+    let mut buf = Vec::with_capacity(capacity);
+    buf.resize(capacity, 0xa5);
     buf.clear();
     buf
 }

@@ -101,11 +101,22 @@ impl Shutdown {
         let shutdown = self.clone();
         thread::Builder::new()
             .name("coreloop-signals".into())
-            .spawn(move || loop {
-                let Some(signal) = signals.wait().next() else {
-                    continue;
-                };
-                if !shutdown.is_ready() {
+            .spawn(move || {
+                // The first signal waits here; one more, in the same batch
+                // or later, exits at once. (Not `is_ready`: an embedder may
+                // announce on its own before any signal.)
+                let mut first = None;
+                while first.is_none() {
+                    for signal in signals.wait() {
+                        if first.is_some() {
+                            exit_now(signal);
+                        }
+                        first = Some(signal);
+                    }
+                }
+                let signal = first.unwrap_or(SIGTERM);
+                if shutdown.is_triggered() {
+                    // The embedder already started the drain.
                     exit_now(signal);
                 }
                 shutdown.announce();
@@ -125,6 +136,9 @@ impl Shutdown {
                     "signal {signal}: shutting down gracefully (send it again to exit at once)"
                 );
                 shutdown.trigger();
+                if let Some(again) = signals.forever().next() {
+                    exit_now(again);
+                }
             })?;
         Ok(())
     }

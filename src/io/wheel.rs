@@ -148,7 +148,11 @@ impl Wheel {
         let ahead = (0..SLOTS as u64)
             .find(|i| self.heads[((self.cursor + i) % SLOTS as u64) as usize] != NIL)
             .unwrap_or(SLOTS as u64);
-        let at = self.origin + TICK * u32::try_from(self.cursor + ahead).unwrap_or(u32::MAX);
+        // u64 nanoseconds: a u32 tick count would saturate after 199 days
+        // of uptime and turn every wait into a busy zero.
+        // NOTE(cast): TICK is 4 ms, far below u64::MAX nanoseconds.
+        let nanos = (self.cursor + ahead).saturating_mul(TICK.as_nanos() as u64);
+        let at = self.origin + Duration::from_nanos(nanos);
         Some(at.saturating_duration_since(now))
     }
 
