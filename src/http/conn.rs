@@ -197,8 +197,7 @@ impl Conn {
                 self.compact(&mut ex);
             }
         }
-        self.exchange = Some(ex);
-        self.release_exchange(ctx.pool);
+        self.park_exchange(ex, ctx.pool);
         if self.input.is_empty() && self.input.capacity() > 0 {
             ctx.pool.give(mem::take(&mut self.input));
         }
@@ -448,10 +447,17 @@ impl Conn {
 
     /// Gives the exchange back to the pool unless a body is still arriving.
     fn release_exchange(&mut self, pool: &mut BufPool) {
-        if !matches!(self.phase, Phase::Length(_) | Phase::Chunked) {
-            if let Some(ex) = self.exchange.take() {
-                pool.give_exchange(ex);
-            }
+        if let Some(ex) = self.exchange.take() {
+            self.park_exchange(ex, pool);
+        }
+    }
+
+    /// Keeps the exchange while a body is still arriving, else returns it.
+    fn park_exchange(&mut self, ex: Box<Exchange>, pool: &mut BufPool) {
+        if matches!(self.phase, Phase::Length(_) | Phase::Chunked) {
+            self.exchange = Some(ex);
+        } else {
+            pool.give_exchange(ex);
         }
     }
 
