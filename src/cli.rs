@@ -1,14 +1,14 @@
 //! Command-line flags: parsed with clap into a `Config`. A bad value prints
 //! one line and exits 2 (clap's convention, kept for our own checks too).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Balance, Config, ProxyLimits, UpstreamGroup};
 use crate::handler::{self, FilesConfig, SiteConfig};
 use crate::http::Limits;
 use crate::server::{Error, Server};
@@ -130,9 +130,109 @@ pub struct Args {
     /// Print per-core req/s, open connections and errors every SECS seconds.
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     stats: Option<Duration>,
+    /// Forward requests whose path starts with PREFIX to these upstreams
+    /// (http only), e.g. /api=http://127.0.0.1:3000,http://10.0.0.2:3000.
+    /// Repeatable; the longest prefix wins.
+    #[arg(long, value_name = "PREFIX=URL[,URL...]", value_parser = parse_proxy)]
+    proxy: Vec<ProxyRoute>,
+    /// Send this Host to upstreams instead of the client's.
+    #[arg(long, value_name = "HOST")]
+    proxy_host: Option<String>,
+    /// Upstream: connections per core per server (busy and idle); beyond,
+    /// requests queue.
+    #[arg(long, default_value_t = 256)]
+    upstream_max_conns: usize,
+    /// Upstream: idle keep-alive connections kept per core per server.
+    #[arg(long, default_value_t = 64)]
+    upstream_idle: usize,
+    /// Upstream: close an idle connection after this (keep it below the
+    /// upstream's own keep-alive timeout).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    upstream_idle_timeout: Duration,
+    /// Upstream: requests one core queues per group when every server is
+    /// at its connection cap (503 beyond).
+    #[arg(long, default_value_t = 1024)]
+    upstream_queue: usize,
+    /// Upstream: longest wait in the queue (then 503).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    upstream_queue_timeout: Duration,
+    /// Upstream: connect timeout (then 504).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    upstream_connect_timeout: Duration,
+    /// Upstream: time allowed for the reply head and between body reads
+    /// (then 504).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
+    /// Upstream: consecutive failures before a server is skipped.
+    #[arg(long, default_value_t = 3)]
+    upstream_max_fails: u32,
+    /// Upstream: how long a failed server is skipped.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    upstream_fail_timeout: Duration,
+    /// Upstream: how each request picks a server of its group.
+    #[arg(long, value_enum, default_value_t = BalanceArg::LeastOutstanding)]
+    upstream_balance: BalanceArg,
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BalanceArg {
+    RoundRobin,
+    LeastOutstanding,
+}
+
+/// One `--proxy` flag.
+#[derive(Clone, Debug)]
+struct ProxyRoute {
+    prefix: String,
+    servers: Vec<SocketAddr>,
+}
+
+fn parse_proxy(text: &str) -> Result<ProxyRoute, String> {
+    let (prefix, urls) = text
+        .split_once('=')
+        .ok_or_else(|| format!("--proxy {text:?}: expected PREFIX=URL[,URL...]"))?;
+    if !prefix.starts_with('/') || prefix.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!(
+            "--proxy prefix {prefix:?} must start with / and hold no spaces"
+        ));
+    }
+    let servers = urls
+        .split(',')
+        .map(parse_upstream_url)
+        .collect::<Result<_, _>>()?;
+    Ok(ProxyRoute {
+        prefix: prefix.to_string(),
+        servers,
+    })
+}
+
+/// `http://host[:port][/]`: resolved once, at start.
+fn parse_upstream_url(url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--proxy upstream {url:?}: only http:// URLs are supported"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "--proxy upstream {url:?}: expected http://host[:port], with no path"
+        ));
+    }
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("--proxy upstream {url:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--proxy upstream {url:?}: no address"))
 }
 
 /// A parsed `--cpus` list. A newtype, so clap sees one value, not many.
@@ -202,6 +302,29 @@ impl Args {
             ring_batch: self.ring_batch.map(|n| (n, self.ring_batch_wait)),
             handle_signals: true,
             stats_interval: self.stats,
+            upstreams: self
+                .proxy
+                .iter()
+                .map(|p| UpstreamGroup {
+                    servers: p.servers.clone(),
+                    host: self.proxy_host.clone(),
+                })
+                .collect(),
+            proxy: ProxyLimits {
+                max_conns: self.upstream_max_conns,
+                max_idle: self.upstream_idle,
+                idle_timeout: self.upstream_idle_timeout,
+                queue: self.upstream_queue,
+                queue_timeout: self.upstream_queue_timeout,
+                connect_timeout: self.upstream_connect_timeout,
+                reply_timeout: self.upstream_timeout,
+                max_fails: self.upstream_max_fails,
+                fail_timeout: self.upstream_fail_timeout,
+                balance: match self.upstream_balance {
+                    BalanceArg::RoundRobin => Balance::RoundRobin,
+                    BalanceArg::LeastOutstanding => Balance::LeastOutstanding,
+                },
+            },
         };
         config.validate()?;
         Ok(config)
@@ -217,6 +340,12 @@ impl Args {
                 cache_entries: self.file_cache,
             }),
             metrics_path: (!self.no_metrics).then(|| self.metrics_path.clone()),
+            proxies: self
+                .proxy
+                .iter()
+                .enumerate()
+                .map(|(group, p)| (p.prefix.clone(), group))
+                .collect(),
         };
         site.validate()?;
         Ok(site)

@@ -109,6 +109,85 @@ pub struct Config {
     /// errors) to stdout at this interval. Default off; for watching a
     /// tuning knob take effect live.
     pub stats_interval: Option<Duration>,
+    /// Upstream groups that `Response::forward(i)` sends to (index `i`).
+    /// Default none.
+    pub upstreams: Vec<UpstreamGroup>,
+    /// Pools, queues and deadlines for upstream connections.
+    pub proxy: ProxyLimits,
+}
+
+/// One group of upstream servers that requests are balanced across.
+#[derive(Clone, Debug)]
+pub struct UpstreamGroup {
+    /// The servers (plain HTTP/1.1).
+    pub servers: Vec<SocketAddr>,
+    /// Sent as Host instead of the client's. Default none: the client's
+    /// Host passes (or the server's address, if the client sent none).
+    pub host: Option<String>,
+}
+
+/// How a group picks a server for each request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// Each server in turn.
+    RoundRobin,
+    /// The server with the fewest requests in progress on this core; ties
+    /// go round robin. Sends less to a server that answers slowly.
+    LeastOutstanding,
+}
+
+/// Upstream connection pools and deadlines. Everything is per core:
+/// each core owns its upstream connections, so a server sees up to
+/// `workers x max_conns` connections from this process.
+#[derive(Clone, Debug)]
+pub struct ProxyLimits {
+    /// `--upstream-max-conns`: connections one core opens to one server,
+    /// busy and idle together. Default 256. Requests beyond it wait in
+    /// the queue.
+    pub max_conns: usize,
+    /// `--upstream-idle`: idle keep-alive connections one core keeps per
+    /// server. Default 64; set at least the concurrency one core sends.
+    pub max_idle: usize,
+    /// `--upstream-idle-timeout`: an idle connection is closed after this.
+    /// Default 1 s, below common app-server keep-alive timeouts (gunicorn
+    /// 2 s, Node 5 s), so the upstream rarely closes a connection first.
+    pub idle_timeout: Duration,
+    /// `--upstream-queue`: requests one core holds per group while every
+    /// server is at `max_conns`. Default 1024; beyond it, 503.
+    pub queue: usize,
+    /// `--upstream-queue-timeout`: how long a request may wait in the
+    /// queue before it is answered 503. Default 1 s.
+    pub queue_timeout: Duration,
+    /// `--upstream-connect-timeout`: then 504. Default 2 s.
+    pub connect_timeout: Duration,
+    /// `--upstream-timeout`: for the reply head, and between reads of its
+    /// body; then 504. Default 30 s.
+    pub reply_timeout: Duration,
+    /// `--upstream-max-fails`: consecutive failures (refused, reset,
+    /// timed out, bad reply) after which a server is skipped. Default 3.
+    pub max_fails: u32,
+    /// `--upstream-fail-timeout`: how long a failed server is skipped.
+    /// Default 5 s.
+    pub fail_timeout: Duration,
+    /// `--upstream-balance`. Default least outstanding.
+    pub balance: Balance,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            max_conns: 256,
+            max_idle: 64,
+            idle_timeout: Duration::from_secs(1),
+            queue: 1024,
+            queue_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+            reply_timeout: Duration::from_secs(30),
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(5),
+            balance: Balance::LeastOutstanding,
+        }
+    }
 }
 
 impl Default for Config {
@@ -136,6 +215,8 @@ impl Default for Config {
             ring_batch: None,
             handle_signals: true,
             stats_interval: None,
+            upstreams: Vec::new(),
+            proxy: ProxyLimits::default(),
         }
     }
 }
@@ -206,6 +287,13 @@ impl Config {
             .is_some_and(|i| i < Duration::from_millis(100))
         {
             return Err("--stats interval must be at least 100ms".into());
+        }
+        let p = &self.proxy;
+        if p.max_conns == 0 || p.max_fails == 0 {
+            return Err("--upstream-max-conns and --upstream-max-fails must be at least 1".into());
+        }
+        if self.upstreams.iter().any(|g| g.servers.is_empty()) {
+            return Err("an upstream group names no server".into());
         }
         if self.linger_timeout.is_zero() {
             return Err("--linger-timeout must be above 0".into());

@@ -78,6 +78,73 @@ impl Deadline {
     }
 }
 
+/// Why an upstream exchange failed, as counted and answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// The connection was refused or failed (502).
+    Connect = 0,
+    /// No connection within the connect timeout (504).
+    ConnectTimeout = 1,
+    /// No reply head, or a stalled body, within the reply timeout (504).
+    ReplyTimeout = 2,
+    /// A reply without valid framing or head (502).
+    BadReply = 3,
+    /// The upstream closed or reset before the reply was complete (502).
+    Closed = 4,
+    /// Every server at its connection cap and the queue full (503).
+    QueueFull = 5,
+    /// Waited in the queue past its timeout (503).
+    QueueTimeout = 6,
+}
+
+impl UpstreamError {
+    /// Every cause, in index order.
+    pub const ALL: [UpstreamError; 7] = [
+        UpstreamError::Connect,
+        UpstreamError::ConnectTimeout,
+        UpstreamError::ReplyTimeout,
+        UpstreamError::BadReply,
+        UpstreamError::Closed,
+        UpstreamError::QueueFull,
+        UpstreamError::QueueTimeout,
+    ];
+
+    /// Metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "connect",
+            UpstreamError::ConnectTimeout => "connect_timeout",
+            UpstreamError::ReplyTimeout => "reply_timeout",
+            UpstreamError::BadReply => "bad_reply",
+            UpstreamError::Closed => "closed",
+            UpstreamError::QueueFull => "queue_full",
+            UpstreamError::QueueTimeout => "queue_timeout",
+        }
+    }
+
+    /// The status the client gets.
+    pub fn status(self) -> u16 {
+        match self {
+            UpstreamError::Connect | UpstreamError::BadReply | UpstreamError::Closed => 502,
+            UpstreamError::ConnectTimeout | UpstreamError::ReplyTimeout => 504,
+            UpstreamError::QueueFull | UpstreamError::QueueTimeout => 503,
+        }
+    }
+
+    /// The one-line body the client gets.
+    pub fn message(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "bad gateway: upstream connection failed",
+            UpstreamError::ConnectTimeout => "gateway timeout: upstream connect timed out",
+            UpstreamError::ReplyTimeout => "gateway timeout: upstream reply timed out",
+            UpstreamError::BadReply => "bad gateway: invalid reply from upstream",
+            UpstreamError::Closed => "bad gateway: upstream closed the connection",
+            UpstreamError::QueueFull => "service unavailable: upstream busy",
+            UpstreamError::QueueTimeout => "service unavailable: upstream busy",
+        }
+    }
+}
+
 /// The counters of one core.
 #[derive(Debug, Default)]
 pub struct CoreStats {
@@ -111,6 +178,25 @@ pub struct CoreStats {
     pub ring_completions: Counter,
     /// io_uring: receives that found the buffer ring empty.
     pub ring_no_buffers: Counter,
+    /// Upstream: requests sent (a retry counts again).
+    pub upstream_requests: Counter,
+    /// Upstream: connections opened.
+    pub upstream_connects: Counter,
+    /// Upstream: requests sent on a pooled connection.
+    pub upstream_reuses: Counter,
+    /// Upstream: requests sent again after a pooled connection failed.
+    pub upstream_retries: Counter,
+    /// Upstream failures, by `UpstreamError as usize`.
+    pub upstream_errors: [Counter; 7],
+    /// Upstream connections idle in the pools now.
+    pub upstream_idle: Counter,
+    /// Upstream connections carrying an exchange now.
+    pub upstream_busy: Counter,
+    /// Upstream reply heads received, and their summed latency from
+    /// sending the request, in microseconds.
+    pub upstream_replies: Counter,
+    /// See `upstream_replies`.
+    pub upstream_reply_us: Counter,
 }
 
 impl CoreStats {
@@ -166,7 +252,7 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
          # TYPE coreloop_backend_info gauge\ncoreloop_backend_info{{backend=\"{backend}\"}} 1"
     );
     type Get = fn(&CoreStats) -> u64;
-    let simple: [(&str, &str, &str, Get); 11] = [
+    let simple: [(&str, &str, &str, Get); 19] = [
         (
             "connections_accepted_total",
             "counter",
@@ -233,6 +319,54 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
             "io_uring: completions reaped.",
             |s| s.ring_completions.get(),
         ),
+        (
+            "upstream_requests_total",
+            "counter",
+            "Requests sent upstream (retries count again).",
+            |s| s.upstream_requests.get(),
+        ),
+        (
+            "upstream_connects_total",
+            "counter",
+            "Upstream connections opened.",
+            |s| s.upstream_connects.get(),
+        ),
+        (
+            "upstream_reuses_total",
+            "counter",
+            "Upstream requests sent on a pooled connection.",
+            |s| s.upstream_reuses.get(),
+        ),
+        (
+            "upstream_retries_total",
+            "counter",
+            "Upstream requests sent again after a pooled connection failed.",
+            |s| s.upstream_retries.get(),
+        ),
+        (
+            "upstream_idle",
+            "gauge",
+            "Idle upstream connections in the pools.",
+            |s| s.upstream_idle.get(),
+        ),
+        (
+            "upstream_busy",
+            "gauge",
+            "Upstream connections carrying a request.",
+            |s| s.upstream_busy.get(),
+        ),
+        (
+            "upstream_replies_total",
+            "counter",
+            "Upstream reply heads received.",
+            |s| s.upstream_replies.get(),
+        ),
+        (
+            "upstream_reply_microseconds_total",
+            "counter",
+            "Summed latency from request to reply head; divide by upstream_replies_total.",
+            |s| s.upstream_reply_us.get(),
+        ),
     ];
     for (name, kind, help, get) in simple {
         let mut family = Family::new(out, name, kind, help);
@@ -259,6 +393,16 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
         "kind",
         &rejects,
         |s| &s.rejects,
+    );
+    let causes = UpstreamError::ALL.map(UpstreamError::name);
+    labelled(
+        out,
+        cores,
+        "upstream_errors_total",
+        "Upstream exchanges answered 502/503/504, by cause.",
+        "cause",
+        &causes,
+        |s| &s.upstream_errors,
     );
     let deadlines = Deadline::ALL.map(Deadline::name);
     labelled(

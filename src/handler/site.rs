@@ -19,6 +19,9 @@ pub struct SiteConfig {
     pub files: Option<FilesConfig>,
     /// Where the Prometheus text is served; `None` turns it off.
     pub metrics_path: Option<String>,
+    /// Path prefixes forwarded to upstream groups (`--proxy`): the group
+    /// is an index into `Config::upstreams`. The longest prefix wins.
+    pub proxies: Vec<(String, usize)>,
 }
 
 impl Default for SiteConfig {
@@ -26,6 +29,7 @@ impl Default for SiteConfig {
         SiteConfig {
             files: Some(FilesConfig::default()),
             metrics_path: Some("/metrics".into()),
+            proxies: Vec::new(),
         }
     }
 }
@@ -58,6 +62,12 @@ pub fn site(
     let mut router = Router::builtins();
     if let Some(path) = &config.metrics_path {
         router = router.get(path, metrics(stats, backend));
+    }
+    for (prefix, group) in &config.proxies {
+        let group = *group;
+        router = router.prefix(None, prefix, move |_req: &Request<'_>| {
+            Response::forward(group)
+        });
     }
     if let Some(files) = &config.files {
         match Files::new(files.clone()) {

@@ -26,11 +26,13 @@ use std::time::Instant;
 
 use super::body::Chunked;
 use super::date::DateCache;
+use super::forward::{write_request, Outgoing};
 use super::limits::Limits;
 use super::parse::{find_head_end, parse_head, Found, Framing, Head, Scan};
 use super::reject::Reject;
+use super::reply::{ReplyFraming, ReplyHead};
 use super::request::Request;
-use super::response::{sends_body, write_response, Body, FileBody, Persist, Response};
+use super::response::{reason, sends_body, write_response, Body, FileBody, Persist, Response};
 use crate::handler::Handler;
 use crate::metrics::{CoreStats, Deadline};
 use crate::pool::BufPool;
@@ -113,6 +115,30 @@ impl Exchange {
     }
 }
 
+/// A response that completes later (`Response::forward`): the request for
+/// the upstream until the backend takes it, then the reply's progress.
+#[derive(Debug)]
+struct Awaiting {
+    /// The backend's handle for the upstream exchange.
+    token: u64,
+    outgoing: Option<Outgoing>,
+    minor: u8,
+    is_head: bool,
+    /// Close after the reply (the client asked, or the server drains).
+    close: bool,
+    /// Set once the reply head is written: how the body is framed.
+    body: Option<ToClient>,
+}
+
+/// How a streamed reply body is framed toward the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ToClient {
+    /// No body, or the upstream's Content-Length: bytes pass as they are.
+    Plain,
+    /// Re-chunked: the length is unknown and the client speaks HTTP/1.1.
+    Chunked,
+}
+
 /// One HTTP/1.1 connection's protocol state.
 #[derive(Debug)]
 pub struct Conn {
@@ -134,6 +160,8 @@ pub struct Conn {
     scan: Scan,
     /// Lent by the pool while a request body is still arriving.
     exchange: Option<Box<Exchange>>,
+    /// A response that completes later; requests behind it wait.
+    awaiting: Option<Box<Awaiting>>,
     draining: bool,
     /// Bytes were dropped or may still come after the close decision:
     /// the backend must drain them before closing (see `lingers`).
@@ -157,6 +185,7 @@ impl Conn {
             in_flight: 0,
             scan: Scan::default(),
             exchange: None,
+            awaiting: None,
             draining: false,
             linger: false,
             peer_done: false,
@@ -259,6 +288,163 @@ impl Conn {
         self.draining = true;
     }
 
+    /// The upstream request of a response that completes later, once:
+    /// the backend sends it and reports the reply through `handle_reply_*`.
+    pub fn take_outgoing(&mut self) -> Option<Outgoing> {
+        self.awaiting.as_mut()?.outgoing.take()
+    }
+
+    /// The token the backend gave the pending reply, if one is pending.
+    pub fn awaiting(&self) -> Option<u64> {
+        self.awaiting.as_ref().map(|a| a.token)
+    }
+
+    /// Names the pending reply's upstream exchange (see `awaiting`).
+    pub fn set_awaiting(&mut self, token: u64) {
+        if let Some(a) = self.awaiting.as_mut() {
+            a.token = token;
+        }
+    }
+
+    /// Whether reply body bytes may be added now. While false, the
+    /// backend stops reading the upstream: a slow client slows it.
+    pub fn reply_room(&self) -> bool {
+        self.pending() < self.max_pending
+    }
+
+    /// The pending reply's head arrived: writes the client's head.
+    pub fn handle_reply_head<H: Handler + ?Sized>(
+        &mut self,
+        head: &ReplyHead,
+        ctx: &mut Ctx<'_, H>,
+    ) {
+        let Some(a) = self.awaiting.as_mut() else {
+            return;
+        };
+        let body = match head.framing {
+            ReplyFraming::None | ReplyFraming::Length(_) => ToClient::Plain,
+            _ if a.is_head => ToClient::Plain,
+            ReplyFraming::Chunked | ReplyFraming::Close if a.minor >= 1 => ToClient::Chunked,
+            ReplyFraming::Chunked | ReplyFraming::Close => {
+                // An HTTP/1.0 client learns the end from the close.
+                a.close = true;
+                ToClient::Plain
+            }
+        };
+        a.close |= self.draining;
+        a.body = Some(body);
+        let (close, minor) = (a.close, a.minor);
+        self.ensure_out(ctx.pool);
+        let out = &mut self.out;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(itoa::Buffer::new().format(head.status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason(head.status).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&head.fields);
+        match (head.framing, body) {
+            (ReplyFraming::Length(n), _) => {
+                out.extend_from_slice(b"Content-Length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            (ReplyFraming::None, _) => {}
+            (_, ToClient::Chunked) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            _ => {}
+        }
+        out.extend_from_slice(match (close, minor) {
+            (true, _) => b"Connection: close\r\n\r\n".as_slice(),
+            (false, 0) => b"Connection: keep-alive\r\n\r\n",
+            (false, _) => b"\r\n",
+        });
+        ctx.stats.response(head.status);
+        self.rearm(ctx.now, ctx.limits, false);
+    }
+
+    /// Body bytes of the pending reply (after its head).
+    pub fn handle_reply_body(
+        &mut self,
+        data: &[u8],
+        now: Instant,
+        limits: &Limits,
+        pool: &mut BufPool,
+    ) {
+        let Some(body) = self.awaiting.as_ref().and_then(|a| a.body) else {
+            return;
+        };
+        if data.is_empty() || self.awaiting.as_ref().is_some_and(|a| a.is_head) {
+            return;
+        }
+        self.ensure_out(pool);
+        if body == ToClient::Chunked {
+            let mut hex = [0u8; 16];
+            let n = hex_len(data.len(), &mut hex);
+            self.out.extend_from_slice(&hex[16 - n..]);
+            self.out.extend_from_slice(b"\r\n");
+            self.out.extend_from_slice(data);
+            self.out.extend_from_slice(b"\r\n");
+        } else {
+            self.out.extend_from_slice(data);
+        }
+        self.rearm(now, limits, false);
+    }
+
+    /// The pending reply is complete: requests behind it are answered.
+    pub fn handle_reply_end<H: Handler + ?Sized>(&mut self, ctx: &mut Ctx<'_, H>) {
+        let Some(a) = self.awaiting.take() else {
+            return;
+        };
+        if a.body == Some(ToClient::Chunked) {
+            self.ensure_out(ctx.pool);
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.resume_after_reply(a.close, ctx);
+    }
+
+    /// The pending reply failed. Before its head, the client gets `status`
+    /// with `message`; after it, the connection closes once what was
+    /// received is sent, so the client sees a truncated body.
+    pub fn handle_reply_error<H: Handler + ?Sized>(
+        &mut self,
+        status: u16,
+        message: &str,
+        ctx: &mut Ctx<'_, H>,
+    ) {
+        let Some(a) = self.awaiting.take() else {
+            return;
+        };
+        if a.body.is_some() {
+            self.resume_after_reply(true, ctx);
+            return;
+        }
+        let close = a.close || self.draining;
+        let persist = match (close, a.minor) {
+            (true, _) => Persist::Close,
+            (false, 0) => Persist::KeepAlive,
+            (false, _) => Persist::Default,
+        };
+        let res = Response::text(status, message);
+        self.ensure_out(ctx.pool);
+        write_response(&mut self.out, &res, ctx.date.as_bytes(), persist, a.is_head);
+        ctx.stats.response(status);
+        self.resume_after_reply(close, ctx);
+    }
+
+    fn resume_after_reply<H: Handler + ?Sized>(&mut self, close: bool, ctx: &mut Ctx<'_, H>) {
+        if close && !self.is_closing() {
+            self.phase = Phase::Closing;
+            self.linger |= !self.input.is_empty();
+            if self.input.capacity() > 0 {
+                ctx.pool.give(mem::take(&mut self.input));
+            }
+        }
+        if self.is_closing() {
+            self.rearm(ctx.now, ctx.limits, false);
+        } else {
+            self.handle_input(&[], ctx);
+        }
+    }
+
     /// Records that the first `n` bytes of `poll_transmit` (or, when that
     /// is empty, of `poll_file`) were sent. Returns true when output had
     /// blocked request processing and has now drained enough: call
@@ -359,7 +545,9 @@ impl Conn {
     /// Whether the backend should read more from the peer: false once the
     /// connection is closing or has too much unsent output.
     pub fn wants_read(&self) -> bool {
-        !self.is_closing() && self.pending() < self.max_pending
+        !self.is_closing()
+            && self.pending() < self.max_pending
+            && (self.awaiting.is_none() || self.input.len() < self.max_pending)
     }
 
     /// Whether the socket can be closed: nothing more will be sent.
@@ -390,7 +578,10 @@ impl Conn {
     /// Between requests with nothing buffered and nothing to send: holds
     /// no buffer.
     pub fn is_idle(&self) -> bool {
-        self.phase == Phase::Head && !self.has_partial_request() && self.pending() == 0
+        self.phase == Phase::Head
+            && !self.has_partial_request()
+            && self.pending() == 0
+            && self.awaiting.is_none()
     }
 
     fn pending(&self) -> usize {
@@ -475,7 +666,7 @@ impl Conn {
     ) -> usize {
         let mut pos = 0;
         loop {
-            if self.pending() >= self.max_pending {
+            if self.pending() >= self.max_pending || self.awaiting.is_some() {
                 return pos;
             }
             let req = &buf[pos..];
@@ -596,6 +787,26 @@ impl Conn {
                 (Response::text(500, "internal server error"), true)
             }
         };
+        if let (Some(group), false) = (res.forwards_to(), panicked) {
+            let mut outgoing = Outgoing {
+                group,
+                bytes: Vec::with_capacity(raw.len() + body.len() + 128),
+                ..Outgoing::default()
+            };
+            write_request(&request, &mut outgoing);
+            self.awaiting = Some(Box::new(Awaiting {
+                token: 0,
+                outgoing: Some(outgoing),
+                minor: head.minor,
+                is_head: head.is_head,
+                close: !head.keep_alive || self.draining,
+                body: None,
+            }));
+            ctx.stats.requests.inc();
+            self.phase = Phase::Head;
+            self.next_request();
+            return;
+        }
         let close = panicked || !head.keep_alive || res.wants_close() || self.draining;
         let persist = match (close, head.minor) {
             (true, _) => Persist::Close,
@@ -699,7 +910,7 @@ impl Conn {
         let blocked = self.pending() >= self.max_pending;
         let d = &mut self.deadlines;
         let closing = matches!(self.phase, Phase::Closing | Phase::Closed);
-        let in_head = self.phase == Phase::Head;
+        let in_head = self.phase == Phase::Head && self.awaiting.is_none();
         let partial = !self.input.is_empty() || self.scan.started();
         let in_body = matches!(self.phase, Phase::Length(_) | Phase::Chunked);
 
@@ -729,6 +940,19 @@ impl Conn {
             *write = None;
         } else if write.is_none() {
             *write = Some(now + limits.write_timeout);
+        }
+    }
+}
+
+/// Writes `n` in hex at the end of `buf`; returns the digits used.
+fn hex_len(mut n: usize, buf: &mut [u8; 16]) -> usize {
+    let mut i = 16;
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return 16 - i;
         }
     }
 }

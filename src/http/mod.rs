@@ -4,9 +4,11 @@
 mod body;
 mod conn;
 mod date;
+pub mod forward;
 mod limits;
 mod parse;
 mod reject;
+pub mod reply;
 mod request;
 mod response;
 

@@ -128,6 +128,7 @@ pub struct Response {
     headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
     body: Body,
     close: bool,
+    forward: Option<usize>,
 }
 
 impl Response {
@@ -139,7 +140,25 @@ impl Response {
             headers: Vec::new(),
             body: Body::Empty,
             close: false,
+            forward: None,
         }
+    }
+
+    /// A response that completes later: the request is forwarded to
+    /// upstream group `group` (its index in `Config::upstreams`), and the
+    /// upstream's reply is streamed back as it arrives. Requests pipelined
+    /// behind it wait their turn. If the group cannot answer, the client
+    /// gets 502, 503 or 504 (see `config::ProxyLimits`).
+    pub fn forward(group: usize) -> Response {
+        Response {
+            forward: Some(group),
+            ..Response::new(502)
+        }
+    }
+
+    /// The upstream group a `forward` response goes to.
+    pub fn forwards_to(&self) -> Option<usize> {
+        self.forward
     }
 
     /// 200 with a static body and content type.

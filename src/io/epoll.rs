@@ -21,6 +21,7 @@ use nix::libc;
 use slab::Slab;
 use socket2::SockRef;
 
+use super::upstream::{Clients, Event, Readiness, Ticket, Upstreams};
 use super::wheel::Wheel;
 use super::{send_file, Core, CoreReport, Env, FILE_BYTES_PER_TURN};
 use crate::handler::Handler;
@@ -28,6 +29,9 @@ use crate::http::Conn;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+/// Tokens with this bit name upstream links: bit 62, the link's
+/// generation above bit 32, its key below.
+const UPSTREAM: usize = 1 << 62;
 /// Events taken per epoll_wait. 1024 keeps a -c1000 load to one wait per
 /// turn without a large buffer.
 const EVENTS: usize = 1024;
@@ -77,6 +81,9 @@ struct Loop<H> {
     ready: Vec<(usize, u32)>,
     due: Vec<(usize, u32)>,
     env: Env<H>,
+    up: Upstreams,
+    /// Clients whose pending reply progressed: driven at the end of the turn.
+    touched: Vec<Ticket>,
     now: Instant,
     next_gen: u32,
     paused: Paused,
@@ -107,7 +114,9 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
         scratch: vec![0; config.read_buffer],
         ready: Vec::new(),
         due: Vec::new(),
+        up: Upstreams::new(&config.upstreams, &config.proxy, core.stats.clone(), now),
         env: Env::new(config, core.stats, handler),
+        touched: Vec::new(),
         now,
         next_gen: 0,
         paused: Paused::No,
@@ -141,11 +150,13 @@ impl<H: Handler> Loop<H> {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
+                    Token(t) if t & UPSTREAM != 0 => self.on_upstream(t, event),
                     Token(key) => self.on_event(key, event),
                 }
             }
             self.run_ready();
             self.expire();
+            self.run_touched();
             if let Paused::NoFiles(at) = self.paused {
                 if self.now >= at {
                     self.accept();
@@ -164,6 +175,9 @@ impl<H: Handler> Loop<H> {
             return Some(Duration::ZERO);
         }
         let mut timeout = self.wheel.next_timeout(self.now);
+        if let Some(d) = self.up.next_timeout(self.now) {
+            timeout = Some(timeout.map_or(d, |t| t.min(d)));
+        }
         let mut consider = |at: Instant| {
             let d = at.saturating_duration_since(self.now);
             timeout = Some(timeout.map_or(d, |t| t.min(d)));
@@ -333,7 +347,64 @@ impl<H: Handler> Loop<H> {
                 break;
             }
         }
+        self.forward(key);
         self.settle(key);
+    }
+
+    /// Sends a request the connection forwards, or reads more of its
+    /// reply once the connection has room for it.
+    fn forward(&mut self, key: usize) {
+        let Some(entry) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(out) = entry.conn.take_outgoing() {
+            let peer = entry.stream.peer_addr().ok().map(|a| a.ip());
+            let token = self.up.open((key, entry.gen), out, peer, self.now);
+            entry.conn.set_awaiting(token);
+            self.with_upstreams(|up, r, c, now| up.dispatch(token, now, r, c));
+        } else if let Some(token) = entry.conn.awaiting().filter(|_| entry.conn.reply_room()) {
+            self.with_upstreams(|up, r, c, now| up.resume(token, now, r, c));
+        }
+    }
+
+    /// Runs `f` on the upstreams with this loop's poller and clients.
+    fn with_upstreams(
+        &mut self,
+        f: impl FnOnce(&mut Upstreams, &mut dyn Readiness, &mut dyn Clients, Instant),
+    ) {
+        let mut r = Watch(self.poll.registry());
+        let mut c = Deliver {
+            conns: &mut self.conns,
+            env: &mut self.env,
+            now: self.now,
+            touched: &mut self.touched,
+        };
+        f(&mut self.up, &mut r, &mut c, self.now);
+    }
+
+    fn on_upstream(&mut self, token: usize, event: &mio::event::Event) {
+        let uid = token & 0xffff_ffff;
+        // NOTE(cast): the 30 bits above bit 32 hold the generation.
+        let gen = ((token & !UPSTREAM) >> 32) as u32;
+        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        let writable = event.is_writable() || event.is_error();
+        self.with_upstreams(|up, r, c, now| up.on_ready(uid, gen, readable, writable, now, r, c));
+    }
+
+    /// Drives the clients whose replies progressed.
+    fn run_touched(&mut self) {
+        while !self.touched.is_empty() {
+            let touched = std::mem::take(&mut self.touched);
+            for &(key, gen) in &touched {
+                if self.conns.get(key).is_some_and(|e| e.gen == gen) {
+                    self.drive(key);
+                }
+            }
+            if self.touched.is_empty() {
+                self.touched = touched;
+                self.touched.clear();
+            }
+        }
     }
 
     /// One read into the core's buffer, handed to the connection.
@@ -470,6 +541,9 @@ impl<H: Handler> Loop<H> {
             return;
         }
         let entry = self.conns.remove(key);
+        if let Some(token) = entry.conn.awaiting() {
+            self.up.cancel(token, &mut Watch(self.poll.registry()));
+        }
         drop(entry.stream);
         self.env.stats.closed.inc();
         self.env.stats.active.sub(1);
@@ -494,6 +568,7 @@ impl<H: Handler> Loop<H> {
     }
 
     fn expire(&mut self) {
+        self.with_upstreams(|up, r, c, now| up.expire(now, r, c));
         self.wheel.expire(self.now, &mut self.due);
         let due = std::mem::take(&mut self.due);
         for &(key, gen) in &due {
@@ -535,6 +610,7 @@ impl<H: Handler> Loop<H> {
     /// idle ones.
     fn begin_drain(&mut self) {
         self.drain_deadline = Some(self.now + self.shutdown_timeout);
+        self.up.drain(&mut Watch(self.poll.registry()));
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -564,10 +640,54 @@ impl<H: Handler> Loop<H> {
         for key in keys {
             self.close(key);
         }
+        self.up.close_all(&mut Watch(self.poll.registry()));
         Some(CoreReport {
             id: self.id,
             drained: self.draining_from.saturating_sub(forced),
             forced,
         })
+    }
+}
+
+/// Upstream sockets in this loop's epoll, edge-triggered like the clients.
+struct Watch<'a>(&'a mio::Registry);
+
+impl Readiness for Watch<'_> {
+    fn watch(&mut self, fd: std::os::fd::RawFd, uid: usize, gen: u32) -> io::Result<()> {
+        let token = Token(UPSTREAM | (gen as usize & 0x3fff_ffff) << 32 | uid);
+        self.0.register(
+            &mut mio::unix::SourceFd(&fd),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )
+    }
+
+    fn unwatch(&mut self, fd: std::os::fd::RawFd, _uid: usize, _gen: u32) {
+        let _ = self.0.deregister(&mut mio::unix::SourceFd(&fd));
+    }
+}
+
+/// The clients, as the upstreams see them.
+struct Deliver<'a, H> {
+    conns: &'a mut Slab<Entry>,
+    env: &'a mut Env<H>,
+    now: Instant,
+    touched: &'a mut Vec<Ticket>,
+}
+
+impl<H: Handler> Clients for Deliver<'_, H> {
+    fn room(&self, (key, gen): Ticket) -> bool {
+        self.conns
+            .get(key)
+            .filter(|e| e.gen == gen)
+            .is_none_or(|e| e.conn.reply_room())
+    }
+
+    fn deliver(&mut self, (key, gen): Ticket, event: Event<'_>) {
+        let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
+            return;
+        };
+        super::deliver(&mut entry.conn, event, &mut self.env.ctx(self.now));
+        self.touched.push((key, gen));
     }
 }

@@ -17,6 +17,7 @@ pub mod buf_ring;
 pub mod epoll;
 mod resident;
 mod sys;
+mod upstream;
 pub mod uring;
 pub mod wheel;
 
@@ -81,6 +82,25 @@ fn send_file(sock: impl AsFd, file: &FileBody, len: usize) -> io::Result<usize> 
         )),
         Ok(n) => Ok(n),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Hands a connection its pending reply's progress; the same in both
+/// backends.
+fn deliver<H: Handler>(
+    conn: &mut crate::http::Conn,
+    event: upstream::Event<'_>,
+    ctx: &mut Ctx<'_, H>,
+) {
+    match event {
+        upstream::Event::Head(head) => conn.handle_reply_head(head, ctx),
+        upstream::Event::Body(bytes) => {
+            conn.handle_reply_body(bytes, ctx.now, ctx.limits, ctx.pool)
+        }
+        upstream::Event::End => conn.handle_reply_end(ctx),
+        upstream::Event::Fail(cause) => {
+            conn.handle_reply_error(cause.status(), cause.message(), ctx)
+        }
     }
 }
 

@@ -39,11 +39,13 @@ use socket2::SockRef;
 
 use super::buf_ring::BufRing;
 use super::resident::Residency;
+use super::upstream::{Clients, Event, Readiness, Ticket, Upstreams};
 use super::wheel::Wheel;
 use super::{send_file, Core, CoreReport, Env, FILE_BYTES_PER_TURN};
 use crate::config::Config;
 use crate::handler::Handler;
 use crate::http::{Conn, FileBody};
+use crate::metrics::CoreStats;
 use crate::shutdown::Wake;
 
 /// How long accept stays paused after EMFILE/ENFILE before it is re-armed.
@@ -69,6 +71,8 @@ enum Op {
     Read = 7,
     Writable = 8,
     Close = 9,
+    /// A multishot poll on an upstream link (key: the link's id).
+    Upstream = 10,
 }
 
 /// Operation, generation and slab key packed into a CQE's user_data.
@@ -105,6 +109,7 @@ impl UserData {
             7 => Op::Read,
             8 => Op::Writable,
             9 => Op::Close,
+            10 => Op::Upstream,
             _ => return None,
         };
         Some(UserData {
@@ -303,6 +308,9 @@ struct Loop<'r, H> {
     due: Vec<(usize, u32)>,
     cqes: Vec<(u64, i32, u32)>,
     env: Env<H>,
+    up: Upstreams,
+    /// The core's counters again, for pushes made beside a borrowed `env`.
+    stats: Arc<crossbeam_utils::CachePadded<CoreStats>>,
     /// Which file ranges were lately found in the page cache.
     resident: Residency,
     now: Instant,
@@ -359,6 +367,8 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
         dirty: Vec::new(),
         due: Vec::new(),
         cqes: touched_cqes(config.ring_entries as usize * 4),
+        up: Upstreams::new(&config.upstreams, &config.proxy, core.stats.clone(), now),
+        stats: core.stats.clone(),
         env: Env::new(&config, core.stats, handler),
         resident: Residency::default(),
         now,
@@ -483,6 +493,9 @@ impl<H: Handler> Loop<'_, H> {
             return Some(Duration::ZERO);
         }
         let mut timeout = self.wheel.next_timeout(self.now);
+        if let Some(d) = self.up.next_timeout(self.now) {
+            timeout = Some(timeout.map_or(d, |t| t.min(d)));
+        }
         for at in [self.accept_retry, self.drain_deadline]
             .into_iter()
             .flatten()
@@ -495,20 +508,7 @@ impl<H: Handler> Loop<'_, H> {
 
     /// Queues an SQE; when the queue is full, submits first to make room.
     fn push(&mut self, entry: squeue::Entry, ud: UserData) -> io::Result<()> {
-        let entry = entry.user_data(ud.encode());
-        loop {
-            // SAFETY: every buffer an SQE names (send and file read buffers,
-            // in `Entry::sending`;
-            // receive buffers, in `BufRing`) stays allocated and unmoved until
-            // the SQE's final completion (module INVARIANT). No other
-            // view of the submission queue exists while this one does.
-            if unsafe { self.ring.submission_shared().push(&entry) }.is_ok() {
-                self.env.stats.ring_submissions.inc();
-                return Ok(());
-            }
-            self.env.stats.ring_enters.inc();
-            self.submitter.submit()?;
-        }
+        push_entry(self.ring, &self.submitter, &self.env.stats, entry, ud)
     }
 
     /// Cancels a core-wide operation (the accept, the wake-up poll).
@@ -572,6 +572,7 @@ impl<H: Handler> Loop<'_, H> {
                 Op::Close => {}
                 Op::Cancel | Op::Shutdown => self.op_done(ud),
                 Op::Wake => self.on_wake(flags),
+                Op::Upstream => self.on_upstream(ud, res, flags),
             }
         }
         self.cqes = cqes;
@@ -878,6 +879,7 @@ impl<H: Handler> Loop<'_, H> {
             self.try_release(key);
             return;
         }
+        self.forward(key);
         self.start_output(key);
         let Some(e) = self.conns.get_mut(key) else {
             return;
@@ -917,6 +919,65 @@ impl<H: Handler> Loop<'_, H> {
             self.cancel_slot(key, Op::Recv);
         }
         self.arm(key);
+    }
+
+    /// Sends a request the connection forwards, or reads more of its
+    /// reply once the connection has room for it.
+    fn forward(&mut self, key: usize) {
+        let Some(e) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(out) = e.conn.take_outgoing() {
+            let peer = SockRef::from(&e.fd)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .map(|a| a.ip());
+            let token = self.up.open((key, e.gen), out, peer, self.now);
+            e.conn.set_awaiting(token);
+            self.with_upstreams(|up, r, c, now| up.dispatch(token, now, r, c));
+        } else if let Some(token) = e.conn.awaiting().filter(|_| e.conn.reply_room()) {
+            self.with_upstreams(|up, r, c, now| up.resume(token, now, r, c));
+        }
+    }
+
+    /// Runs `f` on the upstreams with this loop's ring and clients.
+    fn with_upstreams(
+        &mut self,
+        f: impl FnOnce(&mut Upstreams, &mut dyn Readiness, &mut dyn Clients, Instant),
+    ) {
+        let mut r = RingWatch {
+            ring: self.ring,
+            submitter: &self.submitter,
+            stats: &self.stats,
+        };
+        let mut c = Deliver {
+            conns: &mut self.conns,
+            env: &mut self.env,
+            now: self.now,
+            dirty: &mut self.dirty,
+        };
+        f(&mut self.up, &mut r, &mut c, self.now);
+    }
+
+    fn on_upstream(&mut self, ud: UserData, res: i32, flags: u32) {
+        let (uid, gen) = (ud.key, ud.gen);
+        if res < 0 {
+            if res != -libc::ECANCELED {
+                self.with_upstreams(|up, r, _, _| up.rewatch(uid, gen, r));
+            }
+            return;
+        }
+        // NOTE(cast): a poll's result is its event mask.
+        let mask = res as u32 as libc::c_short;
+        let readable = mask & (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
+        let writable = mask & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0;
+        self.with_upstreams(|up, r, c, now| {
+            up.on_ready(uid, gen, readable, writable, now, r, c);
+            if !cqueue::more(flags) {
+                up.rewatch(uid, gen, r);
+            }
+        });
     }
 
     /// Whether an idle connection that a drain would close may still have
@@ -1133,6 +1194,12 @@ impl<H: Handler> Loop<'_, H> {
         };
         if !e.closing {
             e.closing = true;
+            if let Some(token) = e.conn.awaiting() {
+                self.with_upstreams(|up, r, _, _| up.cancel(token, r));
+            }
+            let Some(e) = self.conns.get_mut(key) else {
+                return;
+            };
             let recv = e.recv_armed && !e.recv_cancelled;
             let send = e.out_op;
             if recv {
@@ -1184,6 +1251,7 @@ impl<H: Handler> Loop<'_, H> {
     }
 
     fn expire(&mut self) {
+        self.with_upstreams(|up, r, c, now| up.expire(now, r, c));
         self.wheel.expire(self.now, &mut self.due);
         let due = std::mem::take(&mut self.due);
         for &(key, gen) in &due {
@@ -1214,6 +1282,7 @@ impl<H: Handler> Loop<'_, H> {
     fn begin_drain(&mut self) {
         self.drain_deadline = Some(self.now + self.shutdown_timeout);
         self.drain_sweep = true;
+        self.with_upstreams(|up, r, _, _| up.drain(r));
         if self.accept_armed {
             self.cancel_core(Op::Accept);
         }
@@ -1253,6 +1322,7 @@ impl<H: Handler> Loop<'_, H> {
     /// ring fd (a registered fd keeps the instance alive past its close).
     /// Returns whether the buffer ring may still be in the kernel's hands.
     fn teardown(&mut self) -> bool {
+        self.with_upstreams(|up, r, _, _| up.close_all(r));
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.begin_close(key);
@@ -1293,6 +1363,95 @@ impl<H: Handler> Loop<'_, H> {
             std::mem::forget(std::mem::take(&mut self.conns));
         }
         bufs_in_use
+    }
+}
+
+/// Queues an SQE; when the queue is full, submits first to make room.
+fn push_entry(
+    ring: &IoUring,
+    submitter: &Submitter<'_>,
+    stats: &CoreStats,
+    entry: squeue::Entry,
+    ud: UserData,
+) -> io::Result<()> {
+    let entry = entry.user_data(ud.encode());
+    loop {
+        // SAFETY: every buffer an SQE names (send and file read buffers,
+        // in `Entry::sending`; receive buffers, in `BufRing`) stays
+        // allocated and unmoved until the SQE's final completion (module
+        // INVARIANT); polls and cancels name none. No other view of the
+        // submission queue exists while this one does.
+        if unsafe { ring.submission_shared().push(&entry) }.is_ok() {
+            stats.ring_submissions.inc();
+            return Ok(());
+        }
+        stats.ring_enters.inc();
+        submitter.submit()?;
+    }
+}
+
+/// Upstream sockets watched by multishot polls on the ring: each
+/// readiness edge is a completion.
+struct RingWatch<'a> {
+    ring: &'a IoUring,
+    submitter: &'a Submitter<'a>,
+    stats: &'a CoreStats,
+}
+
+impl Readiness for RingWatch<'_> {
+    fn watch(&mut self, fd: std::os::fd::RawFd, uid: usize, gen: u32) -> io::Result<()> {
+        let mask = libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP;
+        // NOTE(cast): poll masks are small positive bits.
+        let poll = opcode::PollAdd::new(types::Fd(fd), mask as u32).multi(true);
+        let ud = UserData {
+            op: Op::Upstream,
+            gen,
+            key: uid,
+        };
+        push_entry(self.ring, self.submitter, self.stats, poll.build(), ud)
+    }
+
+    fn unwatch(&mut self, _fd: std::os::fd::RawFd, uid: usize, gen: u32) {
+        let target = UserData {
+            op: Op::Upstream,
+            gen,
+            key: uid,
+        };
+        let cancel = opcode::AsyncCancel::new(target.encode()).build();
+        let ud = UserData {
+            op: Op::Cancel,
+            gen: 0,
+            key: NO_SLOT,
+        };
+        let _ = push_entry(self.ring, self.submitter, self.stats, cancel, ud);
+    }
+}
+
+/// The clients, as the upstreams see them.
+struct Deliver<'a, H> {
+    conns: &'a mut Slab<Entry>,
+    env: &'a mut Env<H>,
+    now: Instant,
+    dirty: &'a mut Vec<usize>,
+}
+
+impl<H: Handler> Clients for Deliver<'_, H> {
+    fn room(&self, (key, gen): Ticket) -> bool {
+        self.conns
+            .get(key)
+            .filter(|e| e.gen == gen)
+            .is_none_or(|e| e.conn.reply_room())
+    }
+
+    fn deliver(&mut self, (key, gen): Ticket, event: Event<'_>) {
+        let Some(e) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
+            return;
+        };
+        super::deliver(&mut e.conn, event, &mut self.env.ctx(self.now));
+        if !e.dirty {
+            e.dirty = true;
+            self.dirty.push(key);
+        }
     }
 }
 

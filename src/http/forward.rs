@@ -1,0 +1,137 @@
+//! A client's request rewritten for an upstream (RFC 9110 §7.6): the
+//! hop-by-hop fields go, forwarding fields are added, and the framing is
+//! regenerated from the parsed request. The upstream never sees bytes that
+//! the engine did not parse, so what the engine rejected or normalized
+//! (duplicate lengths, obsolete line folding, chunk extensions) cannot be
+//! smuggled past it.
+
+use super::request::Request;
+
+/// Fields that describe one hop and are never forwarded (RFC 9110 §7.6.1),
+/// plus the framing fields, which are regenerated, and the forwarding
+/// fields this server writes itself.
+const DROPPED: [&str; 11] = [
+    "connection",
+    "expect",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "host",
+];
+
+/// An upstream request ready but for the client's address: the head ends
+/// in an open `X-Forwarded-For:` line, at `head_end`, whose value the
+/// backend completes (`finish`), and the body follows.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    /// The upstream group (index into `Config::upstreams`).
+    pub group: usize,
+    /// Head (without its final line end) and body.
+    pub bytes: Vec<u8>,
+    /// Where the client's address goes.
+    pub head_end: usize,
+    /// Safe to send twice (RFC 9110 §9.2.2).
+    pub idempotent: bool,
+    /// A HEAD request: the reply has no body whatever it announces.
+    pub head_only: bool,
+    /// Where the Host field's value is (empty: the client sent none).
+    pub host: std::ops::Range<usize>,
+}
+
+impl Outgoing {
+    /// Completes the head with the client's address, and sets Host to
+    /// `host` when given (or when the client sent none).
+    pub fn finish(&mut self, peer: Option<std::net::IpAddr>, host: Option<&str>) {
+        let ip = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+        let mut line = Vec::with_capacity(ip.len() + 4);
+        line.extend_from_slice(ip.as_bytes());
+        line.extend_from_slice(b"\r\n\r\n");
+        self.bytes.splice(self.head_end..self.head_end, line);
+        if let Some(host) = host {
+            self.bytes
+                .splice(self.host.clone(), host.bytes())
+                .for_each(drop);
+        }
+    }
+}
+
+/// Writes `req` for an upstream into `out` (its buffer cleared first).
+pub fn write_request(req: &Request<'_>, out: &mut Outgoing) {
+    let buf = &mut out.bytes;
+    buf.clear();
+    let method = req.method();
+    put(
+        buf,
+        &[
+            method.as_bytes(),
+            b" ",
+            req.target().as_bytes(),
+            b" HTTP/1.1\r\n",
+        ],
+    );
+    put(buf, &[b"Host: "]);
+    let host_at = buf.len();
+    if let Some(host) = req.header("host") {
+        buf.extend_from_slice(host);
+    }
+    out.host = host_at..buf.len();
+    put(buf, &[b"\r\n"]);
+    let listed = req.header("connection").unwrap_or(b"");
+    let mut prior_xff: Option<&[u8]> = None;
+    for (name, value) in req.headers() {
+        if name.eq_ignore_ascii_case("x-forwarded-for") && prior_xff.is_none() {
+            prior_xff = Some(value);
+        }
+        if DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+            || name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-")
+            || lists(listed, name)
+        {
+            continue;
+        }
+        put(buf, &[name.as_bytes(), b": ", value, b"\r\n"]);
+    }
+    let body = req.body();
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        let mut n = itoa::Buffer::new();
+        put(
+            buf,
+            &[
+                b"Content-Length: ",
+                n.format(body.len()).as_bytes(),
+                b"\r\n",
+            ],
+        );
+    }
+    put(
+        buf,
+        &[b"X-Forwarded-Proto: http\r\nVia: 1.1 coreloop\r\nX-Forwarded-For: "],
+    );
+    if let Some(prior) = prior_xff {
+        put(buf, &[prior, b", "]);
+    }
+    out.head_end = buf.len();
+    buf.extend_from_slice(body);
+    out.idempotent = matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    );
+    out.head_only = method == "HEAD";
+}
+
+fn put(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    for p in parts {
+        buf.extend_from_slice(p);
+    }
+}
+
+/// Whether the Connection field's comma-separated list names `name`.
+fn lists(connection: &[u8], name: &str) -> bool {
+    connection
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+}

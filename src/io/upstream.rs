@@ -1,0 +1,912 @@
+//! Upstream connections of one core: per-server keep-alive pools, a
+//! bounded wait queue per group, balancing, passive health, one retry on a
+//! pooled connection that turned out closed, and the streaming of replies
+//! into the client connections that wait for them.
+//!
+//! Both backends drive upstream sockets the same way, by readiness: the
+//! backend watches each socket edge-triggered in its own poller (an epoll
+//! registration, or a multishot poll on the ring) and calls `on_ready`;
+//! the reads, writes and connects are plain non-blocking syscalls here.
+//! Upstream traffic is one request per connection at a time, so the
+//! ring's batching buys little there, and one implementation serves both.
+//!
+//! Replies reach client connections through `Clients`, keyed by the
+//! client's (slab key, generation) ticket: a client that left meanwhile is
+//! simply not found. Nothing here is shared with another core.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use slab::Slab;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::wheel::Wheel;
+use crate::config::{Balance, ProxyLimits, UpstreamGroup};
+use crate::http::forward::Outgoing;
+use crate::http::reply::{parse_reply, ReplyBody, ReplyFraming, ReplyHead};
+use crate::metrics::{CoreStats, UpstreamError};
+
+/// A client connection: its slab key and generation.
+pub(crate) type Ticket = (usize, u32);
+
+/// What happens to the reply a client waits for.
+#[derive(Debug)]
+pub(crate) enum Event<'a> {
+    Head(&'a ReplyHead),
+    Body(&'a [u8]),
+    End,
+    Fail(UpstreamError),
+}
+
+/// The client side, as the backend gives it.
+pub(crate) trait Clients {
+    /// Whether the client can take more body bytes now.
+    fn room(&self, ticket: Ticket) -> bool;
+    /// Hands the client its reply's progress.
+    fn deliver(&mut self, ticket: Ticket, event: Event<'_>);
+}
+
+/// The backend's poller, for upstream sockets.
+pub(crate) trait Readiness {
+    /// Reports readable/writable edges of `fd` as `on_ready(uid, gen, ..)`.
+    fn watch(&mut self, fd: RawFd, uid: usize, gen: u32) -> io::Result<()>;
+    /// Stops watching `fd` (called before it is closed).
+    fn unwatch(&mut self, fd: RawFd, uid: usize, gen: u32);
+}
+
+/// Generations are 24 bits: io_uring's user_data has room for no more.
+const GEN_MASK: u32 = 0xff_ffff;
+
+/// Bytes one read takes from an upstream.
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Idle,
+    Busy,
+}
+
+/// One upstream connection.
+struct Link {
+    sock: Socket,
+    gen: u32,
+    group: usize,
+    server: usize,
+    state: State,
+    /// The exchange it carries (Busy).
+    ex: Option<usize>,
+    written: usize,
+    /// Reply bytes not yet parsed into a head.
+    head_buf: Vec<u8>,
+    body: Option<ReplyBody>,
+    keep_alive: bool,
+    /// A reply byte arrived for the current exchange.
+    replied: bool,
+    /// Taken from the pool (it served an earlier request).
+    reused: bool,
+    /// Reading stopped until the client has room.
+    paused: bool,
+    readable: bool,
+    writable: bool,
+    deadline: Option<Instant>,
+    armed: Option<u64>,
+}
+
+/// One request on its way through an upstream.
+struct Exchange {
+    ticket: Ticket,
+    gen: u32,
+    group: usize,
+    req: Outgoing,
+    link: Option<usize>,
+    retried: bool,
+    /// Needs a new connection (its pooled one failed).
+    fresh: bool,
+    /// Queued until this time.
+    queued_until: Option<Instant>,
+    sent_at: Instant,
+}
+
+struct Server {
+    addr: SocketAddr,
+    idle: Vec<usize>,
+    open: usize,
+    outstanding: usize,
+    fails: u32,
+    down_until: Option<Instant>,
+}
+
+struct Group {
+    servers: Vec<Server>,
+    host: Option<String>,
+    next: usize,
+    queue: VecDeque<usize>,
+}
+
+/// The upstream side of one core.
+pub(crate) struct Upstreams {
+    groups: Vec<Group>,
+    links: Slab<Link>,
+    exchanges: Slab<Exchange>,
+    limits: ProxyLimits,
+    wheel: Wheel,
+    due: Vec<(usize, u32)>,
+    scratch: Vec<u8>,
+    payload: Vec<u8>,
+    next_gen: u32,
+    draining: bool,
+    stats: Arc<CachePadded<CoreStats>>,
+}
+
+impl Upstreams {
+    pub(crate) fn new(
+        groups: &[UpstreamGroup],
+        limits: &ProxyLimits,
+        stats: Arc<CachePadded<CoreStats>>,
+        now: Instant,
+    ) -> Upstreams {
+        let groups = groups
+            .iter()
+            .map(|g| Group {
+                servers: g
+                    .servers
+                    .iter()
+                    .map(|&addr| Server {
+                        addr,
+                        idle: Vec::new(),
+                        open: 0,
+                        outstanding: 0,
+                        fails: 0,
+                        down_until: None,
+                    })
+                    .collect(),
+                host: g.host.clone(),
+                next: 0,
+                queue: VecDeque::new(),
+            })
+            .collect();
+        Upstreams {
+            groups,
+            links: Slab::new(),
+            exchanges: Slab::new(),
+            limits: limits.clone(),
+            wheel: Wheel::new(now),
+            due: Vec::new(),
+            scratch: Vec::new(),
+            payload: Vec::new(),
+            next_gen: 0,
+            draining: false,
+            stats,
+        }
+    }
+
+    /// Takes a client's request; returns the token the client keeps (see
+    /// `Conn::set_awaiting`). Nothing is sent before `dispatch(token)`.
+    pub(crate) fn open(
+        &mut self,
+        ticket: Ticket,
+        mut req: Outgoing,
+        peer: Option<IpAddr>,
+        now: Instant,
+    ) -> u64 {
+        let group = req.group;
+        let host = self.groups.get(group).and_then(|g| match &g.host {
+            Some(h) => Some(h.clone()),
+            None if req.host.is_empty() => g.servers.first().map(|s| s.addr.to_string()),
+            None => None,
+        });
+        req.finish(peer, host.as_deref());
+        self.next_gen = (self.next_gen + 1) & GEN_MASK;
+        let gen = self.next_gen;
+        let key = self.exchanges.insert(Exchange {
+            ticket,
+            gen,
+            group,
+            req,
+            link: None,
+            retried: false,
+            fresh: false,
+            queued_until: None,
+            sent_at: now,
+        });
+        token(key, gen)
+    }
+
+    /// Starts the exchange `open` returned.
+    pub(crate) fn dispatch(
+        &mut self,
+        token: u64,
+        now: Instant,
+        r: &mut dyn Readiness,
+        c: &mut dyn Clients,
+    ) {
+        if let Some(ex) = self.exchange(token) {
+            self.assign(ex, now, r, c);
+        }
+    }
+
+    /// The client went away: its exchange ends, and the connection that
+    /// carried it is closed (its reply is unread).
+    pub(crate) fn cancel(&mut self, token: u64, r: &mut dyn Readiness) {
+        let Some(ex) = self.exchange(token) else {
+            return;
+        };
+        let e = self.exchanges.remove(ex);
+        if let Some(link) = e.link {
+            self.close(link, r);
+        } else if let Some(g) = self.groups.get_mut(e.group) {
+            g.queue.retain(|&q| q != ex);
+        }
+    }
+
+    /// The client made room: reading its reply resumes.
+    pub(crate) fn resume(
+        &mut self,
+        token: u64,
+        now: Instant,
+        r: &mut dyn Readiness,
+        c: &mut dyn Clients,
+    ) {
+        let Some(link) = self.exchange(token).and_then(|ex| self.exchanges[ex].link) else {
+            return;
+        };
+        if self.links[link].paused {
+            self.links[link].paused = false;
+            self.progress(link, now, r, c);
+        }
+    }
+
+    /// A watched socket is ready.
+    pub(crate) fn on_ready(
+        &mut self,
+        uid: usize,
+        gen: u32,
+        readable: bool,
+        writable: bool,
+        now: Instant,
+        r: &mut dyn Readiness,
+        c: &mut dyn Clients,
+    ) {
+        let Some(link) = self.links.get_mut(uid).filter(|l| l.gen == gen) else {
+            return;
+        };
+        link.readable |= readable;
+        link.writable |= writable;
+        self.progress(uid, now, r, c);
+    }
+
+    /// The poller stopped watching link `uid` by itself (io_uring ended a
+    /// multishot poll): watch it again, or close it if that fails.
+    pub(crate) fn rewatch(&mut self, uid: usize, gen: u32, r: &mut dyn Readiness) {
+        let Some(link) = self.links.get(uid).filter(|l| l.gen == gen) else {
+            return;
+        };
+        if r.watch(link.sock.as_raw_fd(), uid, gen).is_err() {
+            self.close(uid, r);
+        }
+    }
+
+    /// Fires due deadlines: connects, replies, idle links, queued requests.
+    pub(crate) fn expire(&mut self, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {
+        self.wheel.expire(now, &mut self.due);
+        let due = std::mem::take(&mut self.due);
+        for &(uid, gen) in &due {
+            let Some(link) = self.links.get_mut(uid).filter(|l| l.gen == gen) else {
+                continue;
+            };
+            link.armed = None;
+            match link.deadline {
+                Some(at) if at <= now => self.timed_out(uid, now, r, c),
+                Some(_) => self.arm(uid),
+                None => {}
+            }
+        }
+        self.due = due;
+        self.due.clear();
+        for g in 0..self.groups.len() {
+            while let Some(&ex) = self.groups[g].queue.front() {
+                if self.exchanges[ex].queued_until.is_some_and(|at| at > now) {
+                    break;
+                }
+                self.groups[g].queue.pop_front();
+                self.fail(ex, UpstreamError::QueueTimeout, c);
+            }
+        }
+    }
+
+    /// How long until the next deadline.
+    pub(crate) fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        let mut t = self.wheel.next_timeout(now);
+        for g in &self.groups {
+            if let Some(at) = g
+                .queue
+                .front()
+                .and_then(|&ex| self.exchanges[ex].queued_until)
+            {
+                let d = at.saturating_duration_since(now);
+                t = Some(t.map_or(d, |t| t.min(d)));
+            }
+        }
+        t
+    }
+
+    /// Shutdown: idle links close now, busy ones after their reply.
+    pub(crate) fn drain(&mut self, r: &mut dyn Readiness) {
+        self.draining = true;
+        let idle: Vec<usize> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.state == State::Idle)
+            .map(|(k, _)| k)
+            .collect();
+        for uid in idle {
+            self.close(uid, r);
+        }
+    }
+
+    /// Closes every link (the loop is ending).
+    pub(crate) fn close_all(&mut self, r: &mut dyn Readiness) {
+        let all: Vec<usize> = self.links.iter().map(|(k, _)| k).collect();
+        for uid in all {
+            self.close(uid, r);
+        }
+    }
+
+    fn exchange(&self, token: u64) -> Option<usize> {
+        let (key, gen) = untoken(token);
+        self.exchanges
+            .get(key)
+            .filter(|e| e.gen == gen)
+            .map(|_| key)
+    }
+
+    /// Puts an exchange on a pooled link, a new link, or the queue.
+    fn assign(&mut self, ex: usize, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {
+        let e = &self.exchanges[ex];
+        let (g, fresh) = (e.group, e.fresh);
+        if g >= self.groups.len() {
+            self.fail(ex, UpstreamError::Connect, c);
+            return;
+        }
+        let s = self.pick(g, now);
+        let server = &mut self.groups[g].servers[s];
+        if !fresh {
+            if let Some(uid) = server.idle.pop() {
+                self.stats.upstream_idle.sub(1);
+                self.stats.upstream_reuses.inc();
+                self.bind(ex, uid, now, r, c);
+                return;
+            }
+        }
+        if server.open < self.limits.max_conns {
+            match self.connect(g, s, now, r) {
+                Ok(uid) => self.bind(ex, uid, now, r, c),
+                Err(_) => {
+                    self.server_failed(g, s, now);
+                    self.retry_or_fail(ex, UpstreamError::Connect, now, r, c);
+                }
+            }
+            return;
+        }
+        let group = &mut self.groups[g];
+        if group.queue.len() >= self.limits.queue {
+            self.fail(ex, UpstreamError::QueueFull, c);
+            return;
+        }
+        self.exchanges[ex].queued_until = Some(now + self.limits.queue_timeout);
+        group.queue.push_back(ex);
+    }
+
+    /// The server for the next request: round robin, or the fewest in
+    /// progress with ties in turn; servers marked down are skipped unless
+    /// all are.
+    fn pick(&mut self, g: usize, now: Instant) -> usize {
+        let group = &mut self.groups[g];
+        let n = group.servers.len();
+        let start = group.next % n;
+        group.next = group.next.wrapping_add(1);
+        let up = |s: &Server| s.down_until.is_none_or(|t| t <= now);
+        let candidates = (0..n).map(|i| (start + i) % n);
+        let best = match self.limits.balance {
+            Balance::RoundRobin => candidates.clone().find(|&i| up(&group.servers[i])),
+            Balance::LeastOutstanding => candidates
+                .clone()
+                .filter(|&i| up(&group.servers[i]))
+                .min_by_key(|&i| group.servers[i].outstanding),
+        };
+        best.unwrap_or(start)
+    }
+
+    fn connect(
+        &mut self,
+        g: usize,
+        s: usize,
+        now: Instant,
+        r: &mut dyn Readiness,
+    ) -> io::Result<usize> {
+        let addr = self.groups[g].servers[s].addr;
+        let sock = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking(),
+            Some(Protocol::TCP),
+        )?;
+        sock.set_tcp_nodelay(true)?;
+        match sock.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        self.next_gen = (self.next_gen + 1) & GEN_MASK;
+        let gen = self.next_gen;
+        let fd = sock.as_raw_fd();
+        let uid = self.links.insert(Link {
+            sock,
+            gen,
+            group: g,
+            server: s,
+            state: State::Connecting,
+            ex: None,
+            written: 0,
+            head_buf: Vec::new(),
+            body: None,
+            keep_alive: false,
+            replied: false,
+            reused: false,
+            paused: false,
+            readable: false,
+            writable: false,
+            deadline: Some(now + self.limits.connect_timeout),
+            armed: None,
+        });
+        if let Err(e) = r.watch(fd, uid, gen) {
+            self.links.remove(uid);
+            return Err(e);
+        }
+        self.groups[g].servers[s].open += 1;
+        self.stats.upstream_connects.inc();
+        self.arm(uid);
+        Ok(uid)
+    }
+
+    /// Starts exchange `ex` on link `uid`.
+    fn bind(
+        &mut self,
+        ex: usize,
+        uid: usize,
+        now: Instant,
+        r: &mut dyn Readiness,
+        c: &mut dyn Clients,
+    ) {
+        let link = &mut self.links[uid];
+        let e = &mut self.exchanges[ex];
+        e.link = Some(uid);
+        e.queued_until = None;
+        e.sent_at = now;
+        link.ex = Some(ex);
+        link.written = 0;
+        link.replied = false;
+        link.paused = false;
+        link.body = None;
+        link.head_buf.clear();
+        if link.state == State::Idle {
+            link.state = State::Busy;
+            link.reused = true;
+            link.deadline = Some(now + self.limits.reply_timeout);
+        }
+        self.groups[link.group].servers[link.server].outstanding += 1;
+        self.stats.upstream_busy.inc();
+        self.stats.upstream_requests.inc();
+        self.arm(uid);
+        self.progress(uid, now, r, c);
+    }
+
+    /// Does what the link's state and readiness allow.
+    fn progress(&mut self, uid: usize, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {
+        let Some(link) = self.links.get_mut(uid) else {
+            return;
+        };
+        match link.state {
+            State::Connecting => {
+                if !link.writable {
+                    return;
+                }
+                match link.sock.take_error() {
+                    Ok(None) => {
+                        link.state = State::Busy;
+                        link.deadline = Some(now + self.limits.reply_timeout);
+                    }
+                    _ => {
+                        let (g, s) = (link.group, link.server);
+                        self.server_failed(g, s, now);
+                        self.link_failed(uid, UpstreamError::Connect, now, r, c);
+                        return;
+                    }
+                }
+            }
+            State::Idle => {
+                if link.readable {
+                    // An idle upstream speaks only to close (EOF, RST, or
+                    // a 408 before closing): the link is done.
+                    self.close(uid, r);
+                }
+                return;
+            }
+            State::Busy => {}
+        }
+        if let Err(e) = self.write(uid) {
+            let cause = if e.kind() == io::ErrorKind::WouldBlock {
+                return;
+            } else {
+                UpstreamError::Closed
+            };
+            self.link_failed(uid, cause, now, r, c);
+            return;
+        }
+        self.read(uid, now, r, c);
+    }
+
+    /// Writes what is left of the request. WouldBlock: wait for writable.
+    fn write(&mut self, uid: usize) -> io::Result<()> {
+        let link = &mut self.links[uid];
+        let Some(ex) = link.ex else { return Ok(()) };
+        let bytes = &self.exchanges[ex].req.bytes;
+        while link.written < bytes.len() {
+            if !link.writable && link.written > 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            match (&link.sock).write(&bytes[link.written..]) {
+                Ok(n) => link.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    link.writable = false;
+                    return Err(e);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the reply while the socket has bytes and the client room.
+    fn read(&mut self, uid: usize, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if scratch.len() < READ_CHUNK {
+            scratch.resize(READ_CHUNK, 0);
+        }
+        loop {
+            let Some(link) = self.links.get_mut(uid) else {
+                break;
+            };
+            let Some(ex) = link.ex else { break };
+            if !link.readable {
+                break;
+            }
+            if link.body.is_some() && !c.room(self.exchanges[ex].ticket) {
+                link.paused = true;
+                link.deadline = None;
+                break;
+            }
+            match (&link.sock).read(&mut scratch) {
+                Ok(0) => {
+                    link.readable = false;
+                    self.on_eof(uid, now, r, c);
+                    break;
+                }
+                Ok(n) => {
+                    link.replied = true;
+                    link.deadline = Some(now + self.limits.reply_timeout);
+                    if n < scratch.len() {
+                        link.readable = false;
+                    }
+                    if !self.on_bytes(uid, &scratch[..n], now, r, c) {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    link.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    link.readable = false;
+                    self.on_eof(uid, now, r, c);
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Feeds reply bytes; false once the exchange ended or failed.
+    fn on_bytes(
+        &mut self,
+        uid: usize,
+        mut data: &[u8],
+        now: Instant,
+        r: &mut dyn Readiness,
+        c: &mut dyn Clients,
+    ) -> bool {
+        let link = &mut self.links[uid];
+        let Some(ex) = link.ex else { return false };
+        let ticket = self.exchanges[ex].ticket;
+        let mut joined = Vec::new();
+        if link.body.is_none() {
+            let head_only = self.exchanges[ex].req.head_only;
+            let buf: &[u8] = if link.head_buf.is_empty() {
+                data
+            } else {
+                link.head_buf.extend_from_slice(data);
+                joined = std::mem::take(&mut link.head_buf);
+                &joined
+            };
+            match parse_reply(buf, head_only) {
+                Ok(None) => {
+                    if link.head_buf.is_empty() && joined.is_empty() {
+                        link.head_buf.extend_from_slice(data);
+                    } else {
+                        link.head_buf = joined;
+                    }
+                    return true;
+                }
+                Err(_) => {
+                    let (g, s) = (link.group, link.server);
+                    self.server_failed(g, s, now);
+                    self.link_failed(uid, UpstreamError::BadReply, now, r, c);
+                    return false;
+                }
+                Ok(Some((used, head))) => {
+                    link.body = Some(ReplyBody::new(head.framing));
+                    link.keep_alive = head.keep_alive;
+                    let server = &mut self.groups[link.group].servers[link.server];
+                    server.fails = 0;
+                    server.down_until = None;
+                    let waited = now.saturating_duration_since(self.exchanges[ex].sent_at);
+                    self.stats.upstream_replies.inc();
+                    self.stats
+                        .upstream_reply_us
+                        .add(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
+                    c.deliver(ticket, Event::Head(&head));
+                    if joined.is_empty() {
+                        data = &data[used..];
+                    } else {
+                        let rest = joined[used..].to_vec();
+                        return self.body_bytes(uid, ex, &rest, now, r, c);
+                    }
+                }
+            }
+        }
+        self.body_bytes(uid, ex, data, now, r, c)
+    }
+
+    fn body_bytes(
+        &mut self,
+        uid: usize,
+        ex: usize,
+        data: &[u8],
+        now: Instant,
+        r: &mut dyn Readiness,
+        c: &mut dyn Clients,
+    ) -> bool {
+        let ticket = self.exchanges[ex].ticket;
+        let link = &mut self.links[uid];
+        let Some(body) = link.body.as_mut() else {
+            return false;
+        };
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.clear();
+        let used = match body.decode(data, &mut payload) {
+            Ok(n) => n,
+            Err(_) => {
+                self.payload = payload;
+                self.link_failed(uid, UpstreamError::BadReply, now, r, c);
+                return false;
+            }
+        };
+        let done = body.is_done();
+        if used < data.len() {
+            // Bytes past the reply's end: the link cannot be trusted.
+            link.keep_alive = false;
+        }
+        if !payload.is_empty() {
+            c.deliver(ticket, Event::Body(&payload));
+        }
+        self.payload = payload;
+        if done {
+            self.finish(uid, now, r, c);
+            return false;
+        }
+        true
+    }
+
+    /// The upstream closed (or reset) the link.
+    fn on_eof(&mut self, uid: usize, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {
+        let link = &mut self.links[uid];
+        if link.body.as_ref().map(ReplyBody::framing) == Some(ReplyFraming::Close) {
+            link.keep_alive = false;
+            self.finish(uid, now, r, c);
+            return;
+        }
+        self.link_failed(uid, UpstreamError::Closed, now, r, c);
+    }
+
+    /// The reply is complete: the client is told, the link goes back to
+    /// the pool (or closes), and a queued request may take it.
+    fn finish(&mut self, uid: usize, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {
+        let link = &mut self.links[uid];
+        let Some(ex) = link.ex.take() else { return };
+        let e = self.exchanges.remove(ex);
+        let (g, s) = (link.group, link.server);
+        let server = &mut self.groups[g].servers[s];
+        server.outstanding -= 1;
+        self.stats.upstream_busy.sub(1);
+        let reusable = link.keep_alive && !self.draining;
+        c.deliver(e.ticket, Event::End);
+        if !reusable {
+            self.close(uid, r);
+            self.serve_queue(g, now, r, c);
+            return;
+        }
+        let Some(link) = self.links.get_mut(uid) else {
+            return;
+        };
+        link.body = None;
+        link.head_buf.clear();
+        if let Some(next) = self.groups[g].queue.pop_front() {
+            self.bind(next, uid, now, r, c);
+            return;
+        }
+        let server = &mut self.groups[g].servers[s];
+        if server.idle.len() >= self.limits.max_idle {
+            self.close(uid, r);
+            return;
+        }
+        link.state = State::Idle;
+        link.deadline = Some(now + self.limits.idle_timeout);
+        let readable = link.readable;
+        server.idle.push(uid);
+        self.stats.upstream_idle.inc();
+        self.arm(uid);
+        if readable {
+            self.close(uid, r);
+        }
+    }
+
+    /// A link failed while carrying (or connecting for) an exchange.
+    fn link_failed(
+        &mut self,
+        uid: usize,
+        cause: UpstreamError,
+        now: Instant,
+        r: &mut dyn Readiness,
+        c: &mut dyn Clients,
+    ) {
+        let link = &mut self.links[uid];
+        let ex = link.ex.take();
+        let (replied, reused, g, s) = (link.replied, link.reused, link.group, link.server);
+        if ex.is_some() {
+            self.groups[g].servers[s].outstanding -= 1;
+            self.stats.upstream_busy.sub(1);
+        }
+        self.close(uid, r);
+        if let Some(ex) = ex {
+            self.exchanges[ex].link = None;
+            // The keep-alive race: a pooled link closed as the request
+            // went out. Nothing came back, so an idempotent request goes
+            // once more, on a new link.
+            let race = cause == UpstreamError::Closed && reused && !replied;
+            if race && self.exchanges[ex].req.idempotent && !self.exchanges[ex].retried {
+                self.exchanges[ex].retried = true;
+                self.exchanges[ex].fresh = true;
+                self.stats.upstream_retries.inc();
+                self.assign(ex, now, r, c);
+            } else {
+                if !race && cause != UpstreamError::Connect {
+                    self.server_failed(g, s, now);
+                }
+                self.retry_or_fail(ex, cause, now, r, c);
+            }
+        }
+        self.serve_queue(g, now, r, c);
+    }
+
+    /// A connect failure sent nothing: any request may try once more.
+    fn retry_or_fail(
+        &mut self,
+        ex: usize,
+        cause: UpstreamError,
+        now: Instant,
+        r: &mut dyn Readiness,
+        c: &mut dyn Clients,
+    ) {
+        let e = &mut self.exchanges[ex];
+        if cause == UpstreamError::Connect && !e.retried {
+            e.retried = true;
+            e.fresh = true;
+            self.stats.upstream_retries.inc();
+            self.assign(ex, now, r, c);
+        } else {
+            self.fail(ex, cause, c);
+        }
+    }
+
+    fn fail(&mut self, ex: usize, cause: UpstreamError, c: &mut dyn Clients) {
+        let e = self.exchanges.remove(ex);
+        self.stats.upstream_errors[cause as usize].inc();
+        c.deliver(e.ticket, Event::Fail(cause));
+    }
+
+    fn timed_out(&mut self, uid: usize, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {
+        let link = &self.links[uid];
+        match link.state {
+            State::Idle => self.close(uid, r),
+            State::Connecting => {
+                let (g, s) = (link.group, link.server);
+                self.server_failed(g, s, now);
+                self.link_failed(uid, UpstreamError::ConnectTimeout, now, r, c);
+            }
+            State::Busy => self.link_failed(uid, UpstreamError::ReplyTimeout, now, r, c),
+        }
+    }
+
+    fn server_failed(&mut self, g: usize, s: usize, now: Instant) {
+        let server = &mut self.groups[g].servers[s];
+        server.fails += 1;
+        if server.fails >= self.limits.max_fails {
+            server.fails = 0;
+            server.down_until = Some(now + self.limits.fail_timeout);
+            log::warn!(
+                "upstream {} failed {} times: skipped for {:?}",
+                server.addr,
+                self.limits.max_fails,
+                self.limits.fail_timeout
+            );
+        }
+    }
+
+    /// A link closed or freed: the oldest queued request may go now.
+    fn serve_queue(&mut self, g: usize, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {
+        if let Some(ex) = self.groups.get_mut(g).and_then(|g| g.queue.pop_front()) {
+            self.assign(ex, now, r, c);
+        }
+    }
+
+    fn close(&mut self, uid: usize, r: &mut dyn Readiness) {
+        let Some(link) = self.links.try_remove(uid) else {
+            return;
+        };
+        r.unwatch(link.sock.as_raw_fd(), uid, link.gen);
+        let server = &mut self.groups[link.group].servers[link.server];
+        server.open -= 1;
+        if link.state == State::Idle {
+            if let Some(i) = server.idle.iter().position(|&u| u == uid) {
+                server.idle.swap_remove(i);
+                self.stats.upstream_idle.sub(1);
+            }
+        }
+    }
+
+    fn arm(&mut self, uid: usize) {
+        let link = &mut self.links[uid];
+        let Some(at) = link.deadline else { return };
+        let tick = self.wheel.tick_of(at);
+        if link.armed.is_none_or(|armed| tick < armed) {
+            link.armed = Some(self.wheel.insert(at, uid, link.gen));
+        }
+    }
+}
+
+fn token(key: usize, gen: u32) -> u64 {
+    // NOTE(cast): slab keys stay far below 2^32.
+    (key as u64) << 32 | u64::from(gen)
+}
+
+fn untoken(token: u64) -> (usize, u32) {
+    // NOTE(cast): the halves of a token built by `token`.
+    ((token >> 32) as usize, token as u32)
+}
