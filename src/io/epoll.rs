@@ -386,9 +386,11 @@ impl<H: Handler> Loop<H> {
         let uid = token & 0xffff_ffff;
         // NOTE(cast): the 30 bits above bit 32 hold the generation.
         let gen = ((token & !UPSTREAM) >> 32) as u32;
-        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-        let writable = event.is_writable() || event.is_error();
-        self.with_upstreams(|up, r, c, now| up.on_ready(uid, gen, readable, writable, now, r, c));
+        let hung_up = event.is_read_closed() || event.is_error();
+        let (readable, writable) = (event.is_readable(), event.is_writable() || event.is_error());
+        self.with_upstreams(|up, r, c, now| {
+            up.on_ready(uid, gen, readable, writable, hung_up, now, r, c)
+        });
     }
 
     /// Drives the clients whose replies progressed.

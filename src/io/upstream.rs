@@ -94,6 +94,8 @@ struct Link {
     paused: bool,
     readable: bool,
     writable: bool,
+    /// The upstream shut its side: read until EOF, even after a short read.
+    hung_up: bool,
     deadline: Option<Instant>,
     armed: Option<u64>,
 }
@@ -262,13 +264,16 @@ impl Upstreams {
         }
     }
 
-    /// A watched socket is ready.
+    /// A watched socket is ready; `hung_up`: the upstream shut its side
+    /// (so a short read is not the end of what it sent: EOF follows).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_ready(
         &mut self,
         uid: usize,
         gen: u32,
         readable: bool,
         writable: bool,
+        hung_up: bool,
         now: Instant,
         r: &mut dyn Readiness,
         c: &mut dyn Clients,
@@ -276,8 +281,9 @@ impl Upstreams {
         let Some(link) = self.links.get_mut(uid).filter(|l| l.gen == gen) else {
             return;
         };
-        link.readable |= readable;
+        link.readable |= readable || hung_up;
         link.writable |= writable;
+        link.hung_up |= hung_up;
         self.progress(uid, now, r, c);
     }
 
@@ -461,6 +467,7 @@ impl Upstreams {
             paused: false,
             readable: false,
             writable: false,
+            hung_up: false,
             deadline: Some(now + self.limits.connect_timeout),
             armed: None,
         });
@@ -520,6 +527,7 @@ impl Upstreams {
                     Ok(None) => {
                         link.state = State::Busy;
                         link.deadline = Some(now + self.limits.reply_timeout);
+                        self.arm(uid);
                     }
                     _ => {
                         let (g, s) = (link.group, link.server);
@@ -579,10 +587,7 @@ impl Upstreams {
         if scratch.len() < READ_CHUNK {
             scratch.resize(READ_CHUNK, 0);
         }
-        loop {
-            let Some(link) = self.links.get_mut(uid) else {
-                break;
-            };
+        while let Some(link) = self.links.get_mut(uid) {
             let Some(ex) = link.ex else { break };
             if !link.readable {
                 break;
@@ -601,7 +606,7 @@ impl Upstreams {
                 Ok(n) => {
                     link.replied = true;
                     link.deadline = Some(now + self.limits.reply_timeout);
-                    if n < scratch.len() {
+                    if n < scratch.len() && !link.hung_up {
                         link.readable = false;
                     }
                     if !self.on_bytes(uid, &scratch[..n], now, r, c) {

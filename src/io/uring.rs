@@ -970,10 +970,11 @@ impl<H: Handler> Loop<'_, H> {
         }
         // NOTE(cast): a poll's result is its event mask.
         let mask = res as u32 as libc::c_short;
-        let readable = mask & (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
+        let readable = mask & libc::POLLIN != 0;
         let writable = mask & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0;
+        let hung_up = mask & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
         self.with_upstreams(|up, r, c, now| {
-            up.on_ready(uid, gen, readable, writable, now, r, c);
+            up.on_ready(uid, gen, readable, writable, hung_up, now, r, c);
             if !cqueue::more(flags) {
                 up.rewatch(uid, gen, r);
             }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod net;
+pub mod upstream;
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
