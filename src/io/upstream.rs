@@ -62,6 +62,11 @@ pub(crate) trait Readiness {
 /// Generations are 24 bits: io_uring's user_data has room for no more.
 const GEN_MASK: u32 = 0xff_ffff;
 
+/// While every server of a group is down, one connect probes it this
+/// often; requests wait in the queue meanwhile, so a restarting upstream
+/// costs a probe per interval, not a refused connect per request.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Bytes one read takes from an upstream.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -92,6 +97,8 @@ struct Link {
     reused: bool,
     /// Reading stopped until the client has room.
     paused: bool,
+    /// Connecting to a server that is down, to see if it is back.
+    probe: bool,
     readable: bool,
     writable: bool,
     /// The upstream shut its side: read until EOF, even after a short read.
@@ -122,6 +129,10 @@ struct Server {
     outstanding: usize,
     fails: u32,
     down_until: Option<Instant>,
+    /// A probe connect is in flight (the server is down).
+    probing: bool,
+    /// No probe before this time.
+    next_probe: Option<Instant>,
 }
 
 struct Group {
@@ -166,6 +177,8 @@ impl Upstreams {
                         outstanding: 0,
                         fails: 0,
                         down_until: None,
+                        probing: false,
+                        next_probe: None,
                     })
                     .collect(),
                 host: g.host.clone(),
@@ -316,12 +329,27 @@ impl Upstreams {
         self.due = due;
         self.due.clear();
         for g in 0..self.groups.len() {
+            let due = self.groups[g].servers.iter().any(|s| {
+                s.down_until.is_some_and(|t| t > now)
+                    && !s.probing
+                    && s.next_probe.is_some_and(|t| t <= now)
+            });
+            if due && !self.groups[g].queue.is_empty() {
+                self.serve_queue(g, now, r, c);
+            }
             while let Some(&ex) = self.groups[g].queue.front() {
                 if self.exchanges[ex].queued_until.is_some_and(|at| at > now) {
                     break;
                 }
                 self.groups[g].queue.pop_front();
-                self.fail(ex, UpstreamError::QueueTimeout, c);
+                // Waiting on servers that are all down is a bad gateway,
+                // not a busy one.
+                let cause = if self.all_down(g, now) {
+                    UpstreamError::Connect
+                } else {
+                    UpstreamError::QueueTimeout
+                };
+                self.fail(ex, cause, c);
             }
         }
     }
@@ -329,12 +357,17 @@ impl Upstreams {
     /// How long until the next deadline.
     pub(crate) fn next_timeout(&self, now: Instant) -> Option<Duration> {
         let mut t = self.wheel.next_timeout(now);
-        for g in &self.groups {
-            if let Some(at) = g
+        for g in self.groups.iter().filter(|g| !g.queue.is_empty()) {
+            let queued = g
                 .queue
                 .front()
-                .and_then(|&ex| self.exchanges[ex].queued_until)
-            {
+                .and_then(|&ex| self.exchanges[ex].queued_until);
+            let probes = g
+                .servers
+                .iter()
+                .filter(|s| !s.probing && s.down_until.is_some_and(|t| t > now))
+                .filter_map(|s| s.next_probe);
+            for at in queued.into_iter().chain(probes) {
                 let d = at.saturating_duration_since(now);
                 t = Some(t.map_or(d, |t| t.min(d)));
             }
@@ -382,7 +415,14 @@ impl Upstreams {
         }
         let s = self.pick(g, now);
         let server = &mut self.groups[g].servers[s];
-        if !fresh {
+        let probe = server.down_until.is_some_and(|t| t > now);
+        if probe {
+            if server.probing || server.next_probe.is_some_and(|t| t > now) {
+                self.enqueue(ex, now, c);
+                return;
+            }
+            server.probing = true;
+        } else if !fresh {
             if let Some(uid) = server.idle.pop() {
                 self.stats.upstream_idle.sub(1);
                 self.stats.upstream_reuses.inc();
@@ -390,9 +430,16 @@ impl Upstreams {
                 return;
             }
         }
-        if server.open < self.limits.max_conns {
+        if probe || server.open < self.limits.max_conns {
             match self.connect(g, s, now, r) {
-                Ok(uid) => self.bind(ex, uid, now, r, c),
+                Ok(uid) => {
+                    self.links[uid].probe = probe;
+                    self.bind(ex, uid, now, r, c);
+                }
+                Err(_) if probe => {
+                    self.probe_failed(g, s, now);
+                    self.enqueue(ex, now, c);
+                }
                 Err(_) => {
                     self.server_failed(g, s, now);
                     self.retry_or_fail(ex, UpstreamError::Connect, now, r, c);
@@ -400,13 +447,48 @@ impl Upstreams {
             }
             return;
         }
-        let group = &mut self.groups[g];
-        if group.queue.len() >= self.limits.queue {
+        self.enqueue(ex, now, c);
+    }
+
+    /// Queues an exchange until a link frees up (503 if the queue is full).
+    fn enqueue(&mut self, ex: usize, now: Instant, c: &mut dyn Clients) {
+        let g = self.exchanges[ex].group;
+        if self.groups[g].queue.len() >= self.limits.queue {
             self.fail(ex, UpstreamError::QueueFull, c);
             return;
         }
-        self.exchanges[ex].queued_until = Some(now + self.limits.queue_timeout);
-        group.queue.push_back(ex);
+        let e = &mut self.exchanges[ex];
+        // A request back from a failed probe keeps its place in time.
+        e.queued_until
+            .get_or_insert(now + self.limits.queue_timeout);
+        self.groups[g].queue.push_back(ex);
+    }
+
+    /// A probe connect failed: the next one waits an interval.
+    fn probe_failed(&mut self, g: usize, s: usize, now: Instant) {
+        let server = &mut self.groups[g].servers[s];
+        server.probing = false;
+        server.next_probe = Some(now + PROBE_INTERVAL);
+    }
+
+    /// A probe connected: the server is back, and the queue goes to it.
+    fn probe_succeeded(
+        &mut self,
+        g: usize,
+        s: usize,
+        now: Instant,
+        r: &mut dyn Readiness,
+        c: &mut dyn Clients,
+    ) {
+        let server = &mut self.groups[g].servers[s];
+        server.probing = false;
+        server.next_probe = None;
+        server.down_until = None;
+        server.fails = 0;
+        let waiting = self.groups[g].queue.len();
+        for _ in 0..waiting {
+            self.serve_queue(g, now, r, c);
+        }
     }
 
     /// The server for the next request: round robin, or the fewest in
@@ -465,6 +547,7 @@ impl Upstreams {
             replied: false,
             reused: false,
             paused: false,
+            probe: false,
             readable: false,
             writable: false,
             hung_up: false,
@@ -527,7 +610,12 @@ impl Upstreams {
                     Ok(None) => {
                         link.state = State::Busy;
                         link.deadline = Some(now + self.limits.reply_timeout);
+                        let (probe, g, s) = (link.probe, link.group, link.server);
+                        link.probe = false;
                         self.arm(uid);
+                        if probe {
+                            self.probe_succeeded(g, s, now, r, c);
+                        }
                     }
                     _ => {
                         let (g, s) = (link.group, link.server);
@@ -794,13 +882,21 @@ impl Upstreams {
         let link = &mut self.links[uid];
         let ex = link.ex.take();
         let (replied, reused, g, s) = (link.replied, link.reused, link.group, link.server);
+        let probe = link.probe;
         if ex.is_some() {
             self.groups[g].servers[s].outstanding -= 1;
             self.stats.upstream_busy.sub(1);
         }
         self.close(uid, r);
+        if probe {
+            self.probe_failed(g, s, now);
+        }
         if let Some(ex) = ex {
             self.exchanges[ex].link = None;
+            if probe {
+                self.enqueue(ex, now, c);
+                return;
+            }
             // The keep-alive race: a pooled link closed as the request
             // went out. Nothing came back, so an idempotent request goes
             // once more, on a new link.
@@ -811,7 +907,11 @@ impl Upstreams {
                 self.stats.upstream_retries.inc();
                 self.assign(ex, now, r, c);
             } else {
-                if !race && cause != UpstreamError::Connect {
+                let counted = matches!(
+                    cause,
+                    UpstreamError::Connect | UpstreamError::ConnectTimeout
+                );
+                if !race && !counted {
                     self.server_failed(g, s, now);
                 }
                 self.retry_or_fail(ex, cause, now, r, c);
@@ -820,7 +920,9 @@ impl Upstreams {
         self.serve_queue(g, now, r, c);
     }
 
-    /// A connect failure sent nothing: any request may try once more.
+    /// A connect failure sent nothing: any request may try once more, and
+    /// once every server of its group is down it waits in the queue for
+    /// one to come back (a restarting upstream).
     fn retry_or_fail(
         &mut self,
         ex: usize,
@@ -829,15 +931,25 @@ impl Upstreams {
         r: &mut dyn Readiness,
         c: &mut dyn Clients,
     ) {
+        let all_down = self.all_down(self.exchanges[ex].group, now);
         let e = &mut self.exchanges[ex];
-        if cause == UpstreamError::Connect && !e.retried {
-            e.retried = true;
+        if cause == UpstreamError::Connect && (!e.retried || all_down) {
+            if !e.retried {
+                e.retried = true;
+                self.stats.upstream_retries.inc();
+            }
             e.fresh = true;
-            self.stats.upstream_retries.inc();
             self.assign(ex, now, r, c);
         } else {
             self.fail(ex, cause, c);
         }
+    }
+
+    fn all_down(&self, g: usize, now: Instant) -> bool {
+        self.groups[g]
+            .servers
+            .iter()
+            .all(|s| s.down_until.is_some_and(|t| t > now))
     }
 
     fn fail(&mut self, ex: usize, cause: UpstreamError, c: &mut dyn Clients) {

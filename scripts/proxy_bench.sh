@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# Reverse-proxy benchmark: coreloop --proxy against nginx proxy_pass, in
+# front of the same upstream, in the same run.
+#
+#   scripts/proxy_bench.sh                      # DURATION=10s REPEAT=3
+#   DURATION=5s REPEAT=1 scripts/proxy_bench.sh # quick look
+#   CHECKS=0 scripts/proxy_bench.sh             # throughput table only
+#
+# Chain: wrk -> proxy -> upstream. The proxy under test runs one worker
+# pinned to SERVER_CPU (default 0); wrk (one thread) and the upstream (nginx,
+# one worker, `return 200` of a 20-byte body, keepalive_requests 10000000)
+# share CLIENT_CPU (default 1): on this 2-core machine the client side is
+# usually the bottleneck, so compare CPU per request, not req/s.
+#
+# Proxies: coreloop epoll and io_uring (`--proxy /p=http://UPSTREAM`), and
+# nginx with proxy_pass, proxy_http_version 1.1, an empty Connection
+# header, X-Forwarded-For/-Proto set (coreloop adds them too) and an
+# upstream `keepalive 128` (>= the client concurrency). Workloads:
+#   keepalive  wrk -c64, keep-alive clients
+#   close      wrk -c64 with "Connection: close" (a new client connection
+#              per request; upstream connections should still be reused)
+# Rounds interleave the proxies (the order rotates each round). For each
+# (workload, proxy) the script reports medians of req/s, the proxy's CPU
+# time (utime+stime, /proc/PID/stat) per request, the ratio to nginx (of the
+# medians, and the median of per-round ratios), and upstream connections
+# opened per request (the upstream's stub_status "accepts" delta, minus the
+# status requests themselves).
+#
+# With CHECKS=1 (default) two more runs follow, each on a fresh coreloop
+# (epoll) proxy:
+#   slow client  one client downloads a 10 MiB upstream body at 100 KiB/s
+#                for SLOW_SECS (default 20) s; the proxy's RSS is sampled
+#                every second and must stay within SLOW_RSS_KIB (default
+#                2048) KiB of its value after the first second.
+#   restart      wrk -c64 for 8 s; at 3 s the upstream is stopped (SIGTERM) and
+#                started again at once. Reports the non-2xx answers and
+#                upstream connects during the run; connects must not exceed
+#                the requests' concurrency (64) plus the per-core cap.
+#
+# Environment: DURATION, REPEAT, CHECKS, SLOW_SECS, SLOW_RSS_KIB,
+# SERVER_CPU, CLIENT_CPU, BASE_PORT (default 19080; uses 5 ports), BIN
+# (default target/release/coreloop, built if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+REPEAT=${REPEAT:-3}
+CHECKS=${CHECKS:-1}
+SLOW_SECS=${SLOW_SECS:-20}
+SLOW_RSS_KIB=${SLOW_RSS_KIB:-2048}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+BASE_PORT=${BASE_PORT:-19080}
+BIN=${BIN:-target/release/coreloop}
+LOG_TAG=proxy-bench
+TMP=$(mktemp -d)
+PIDS=()
+stop_pids() { printf '%s\n' "${PIDS[@]}" | tac; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ ! -x $NGINX ]] || ! command -v wrk >/dev/null || ! command -v curl >/dev/null; then
+    log "installing nginx-light, wrk and curl"
+    SUDO=(); ((EUID == 0)) || SUDO=(sudo)
+    "${SUDO[@]}" apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq nginx-light wrk curl >&2
+    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+fi
+[[ -x $BIN ]] || cargo build --release >&2
+
+UP=$BASE_PORT
+declare -A PORT=([coreloop-epoll]=$((BASE_PORT + 1)) [coreloop-uring]=$((BASE_PORT + 2)) [nginx]=$((BASE_PORT + 3)))
+PROXIES=(coreloop-epoll coreloop-uring nginx)
+declare -A PID
+
+# nginx workers run as an unprivileged user: the tree must be readable.
+chmod 755 "$TMP"
+mkdir -p "$TMP/www/p"
+head -c $((10 << 20)) /dev/urandom >"$TMP/www/p/big.bin"
+chmod -R a+rX "$TMP/www"
+
+nginx_common() {
+    cat <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+error_log $1/error.log warn;
+pid $1/nginx.pid;
+events { worker_connections 4096; }
+EOF
+}
+
+start_upstream() {   # upstream nginx on CLIENT_CPU
+    local dir=$TMP/upstream
+    mkdir -p "$dir"
+    { nginx_common "$dir"; cat <<EOF
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 60s;
+    server {
+        listen 127.0.0.1:$UP reuseport;
+        location / { return 200 "hello from upstream\n"; }
+        location = /p/big.bin { root $TMP/www; }
+        location = /status { stub_status; }
+    }
+}
+EOF
+    } >"$dir/nginx.conf"
+    taskset -c "$CLIENT_CPU" "$NGINX" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" &
+    UPSTREAM_PID=$!
+    PIDS+=("$UPSTREAM_PID")
+    wait_port "$UP"
+}
+
+start_proxy() {      # start_proxy NAME
+    local name=$1 port=${PORT[$1]}
+    case $name in
+        coreloop-*)
+            taskset -c "$SERVER_CPU" "$BIN" --workers 1 --cpus "$SERVER_CPU" --port "$port" \
+                --backend "${name#coreloop-}" --no-files --log-level warn \
+                --proxy "/p=http://127.0.0.1:$UP" >"$TMP/$name.log" 2>&1 &
+            PID[$name]=$!
+            ;;
+        nginx)
+            local dir=$TMP/nginx-proxy
+            mkdir -p "$dir"
+            { nginx_common "$dir"; cat <<EOF
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    upstream up { server 127.0.0.1:$UP; keepalive 128; }
+    server {
+        listen 127.0.0.1:$port reuseport;
+        location /p {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+EOF
+            } >"$dir/nginx.conf"
+            taskset -c "$SERVER_CPU" "$NGINX" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" &
+            PID[$name]=$!
+            ;;
+    esac
+    PIDS+=("${PID[$name]}")
+    wait_port "$port"
+    local got
+    got=$(curl -s "http://127.0.0.1:$port/p/x")
+    [[ $got == "hello from upstream" ]] || die "$name does not proxy: got '$got'"
+}
+
+wait_port() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+        sleep 0.1
+    done
+    die "nothing answers on port $1"
+}
+
+# utime+stime in clock ticks of PID and its children threads/processes.
+ticks() {
+    local total=0 pid rest
+    for pid in "$@" $(pgrep -P "$1" || true); do
+        rest=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+        total=$((total + $(awk '{print $12 + $13}' <<<"$rest")))
+    done
+    echo "$total"
+}
+
+accepts() { curl -s "http://127.0.0.1:$UP/status" | awk 'NR == 3 {print $1}'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+HZ=$(getconf CLK_TCK)
+
+start_upstream
+for p in "${PROXIES[@]}"; do start_proxy "$p"; done
+
+declare -A RPS CPU CONNS RATIO
+for ((round = 0; round < REPEAT; round++)); do
+    for workload in keepalive close; do
+        extra=()
+        [[ $workload == close ]] && extra=(-H "Connection: close")
+        n=${#PROXIES[@]}
+        for ((i = 0; i < n; i++)); do
+            p=${PROXIES[$(((i + round) % n))]}
+            a0=$(accepts); c0=$(ticks "${PID[$p]}")
+            out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d"$DURATION" "${extra[@]}" "http://127.0.0.1:${PORT[$p]}/p/x")
+            c1=$(ticks "${PID[$p]}"); a1=$(accepts)
+            reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+            bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+            [[ -n $bad ]] && log "warning: $p $workload: $bad non-2xx answers"
+            cpu=$(awk -v c=$((c1 - c0)) -v r="$reqs" -v hz="$HZ" 'BEGIN {printf "%.2f", c / hz * 1e6 / r}')
+            conns=$(awk -v a=$((a1 - a0 - 1)) -v r="$reqs" 'BEGIN {printf "%.5f", a / r}')
+            rps=$(awk -v r="$reqs" -v d="${DURATION%s}" 'BEGIN {printf "%.0f", r / d}')
+            RPS[$workload,$p]+="$rps "; CPU[$workload,$p]+="$cpu "; CONNS[$workload,$p]+="$conns "
+            log "round $((round + 1)) $workload $p: $rps req/s, $cpu us/req, $conns upstream conns/req"
+        done
+        for p in coreloop-epoll coreloop-uring; do
+            last=$(awk '{print $NF}' <<<"${CPU[$workload,$p]}")
+            ng=$(awk '{print $NF}' <<<"${CPU[$workload,nginx]}")
+            RATIO[$workload,$p]+="$(awk -v a="$last" -v b="$ng" 'BEGIN {printf "%.3f", a / b}') "
+        done
+    done
+done
+
+echo "## Reverse proxy: coreloop --proxy vs nginx proxy_pass"
+echo
+echo "\`scripts/proxy_bench.sh\` (DURATION=$DURATION REPEAT=$REPEAT), $(nproc) CPUs, $(uname -r). Proxy on CPU $SERVER_CPU, wrk -t1 -c64 and the upstream nginx on CPU $CLIENT_CPU (the client side saturates first: compare CPU per request). Medians of $REPEAT rounds."
+echo
+echo "| workload | proxy | req/s | CPU us/req | ratio to nginx (of medians) | ratio (median of rounds) | upstream conns/req |"
+echo "|---|---|---|---|---|---|---|"
+for workload in keepalive close; do
+    for p in "${PROXIES[@]}"; do
+        # shellcheck disable=SC2086
+        cm=$(median ${CPU[$workload,$p]})
+        # shellcheck disable=SC2086
+        nm=$(median ${CPU[$workload,nginx]})
+        ratio=$(awk -v a="$cm" -v b="$nm" 'BEGIN {printf "%.2f", a / b}')
+        paired=-
+        # shellcheck disable=SC2086
+        [[ $p != nginx ]] && paired=$(median ${RATIO[$workload,$p]})
+        # shellcheck disable=SC2086
+        echo "| $workload | $p | $(median ${RPS[$workload,$p]}) | $cm | $ratio | $paired | $(median ${CONNS[$workload,$p]}) |"
+    done
+done
+
+((CHECKS)) || exit 0
+for p in "${PROXIES[@]}"; do kill_pid "${PID[$p]}"; done
+
+echo
+echo "### Slow client: 10 MiB at 100 KiB/s through coreloop (epoll)"
+start_proxy coreloop-epoll
+pid=${PID[coreloop-epoll]}
+python3 - "${PORT[coreloop-epoll]}" "$SLOW_SECS" >"$TMP/slow.out" 2>&1 <<'EOF' &
+import socket, sys, time
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+s.sendall(b"GET /p/big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+got, start = 0, time.time()
+while time.time() - start < secs:
+    got += len(s.recv(10240))
+    time.sleep(0.1)
+print(got)
+EOF
+reader=$!
+PIDS+=("$reader")
+sleep 1
+base=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+peak=$base
+for ((t = 1; t < SLOW_SECS; t++)); do
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+    ((rss > peak)) && peak=$rss
+    sleep 1
+done
+wait "$reader" || true
+echo "RSS after 1 s: $base KiB; peak over ${SLOW_SECS} s: $peak KiB (growth $((peak - base)) KiB, limit $SLOW_RSS_KIB KiB); client read $(cat "$TMP/slow.out") bytes."
+((peak - base <= SLOW_RSS_KIB)) && echo "Verdict: PASS" || echo "Verdict: FAIL"
+kill_pid "$pid"
+
+echo
+echo "### Upstream restarted mid-run (coreloop epoll, wrk -c64 for 8 s)"
+start_proxy coreloop-epoll
+port=${PORT[coreloop-epoll]}
+connects() { curl -s "http://127.0.0.1:$port/metrics" | awk '/^coreloop_upstream_connects_total/ {s += $2} END {print s + 0}'; }
+k0=$(connects)
+taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d8s "http://127.0.0.1:$port/p/x" >"$TMP/restart.out" &
+wrk_pid=$!
+sleep 3
+kill_pid "$UPSTREAM_PID"
+start_upstream
+wait "$wrk_pid"
+k1=$(connects)
+reqs=$(awk '/requests in/ {print $1}' "$TMP/restart.out")
+bad=$(awk '/Non-2xx/ {print $NF}' "$TMP/restart.out")
+echo "Requests: $reqs; non-2xx: ${bad:-0}; upstream connects during the run: $((k1 - k0)); errors by cause:"
+curl -s "http://127.0.0.1:$port/metrics" | awk '/^coreloop_upstream_errors_total/ && $2 > 0 {print "    " $0}'
