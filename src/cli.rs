@@ -164,7 +164,7 @@ pub struct Args {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     upstream_timeout: Duration,
     /// Upstream: consecutive failures before a server is skipped.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 1)]
     upstream_max_fails: u32,
     /// Upstream: how long a failed server is skipped.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]

@@ -164,7 +164,10 @@ pub struct ProxyLimits {
     /// body; then 504. Default 30 s.
     pub reply_timeout: Duration,
     /// `--upstream-max-fails`: consecutive failures (refused, reset,
-    /// timed out, bad reply) after which a server is skipped. Default 3.
+    /// timed out, bad reply) after which a server is skipped. Default 1,
+    /// as nginx's. While every server of a group is skipped, requests wait
+    /// in the queue (up to `queue_timeout`, then 502) and one connect
+    /// every 50 ms probes for a server's return.
     pub max_fails: u32,
     /// `--upstream-fail-timeout`: how long a failed server is skipped.
     /// Default 5 s.
@@ -183,7 +186,7 @@ impl Default for ProxyLimits {
             queue_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             reply_timeout: Duration::from_secs(30),
-            max_fails: 3,
+            max_fails: 1,
             fail_timeout: Duration::from_secs(5),
             balance: Balance::LeastOutstanding,
         }

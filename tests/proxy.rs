@@ -33,6 +33,7 @@ per_backend!(
     slow_client_slows_the_upstream,
     balances_and_skips_a_failed_server,
     drain_finishes_pending_replies,
+    restarted_upstream_costs_no_request,
 );
 
 fn proxy(backend: Backend, servers: Vec<SocketAddr>, limits: ProxyLimits) -> TestServer {
@@ -527,4 +528,42 @@ fn drain_finishes_pending_replies(backend: Backend) {
     let mut rest = Vec::new();
     let _ = c.read_to_end(&mut rest);
     assert!(rest.is_empty());
+}
+
+fn restarted_upstream_costs_no_request(backend: Backend) {
+    let first = Upstream::keep_alive();
+    let addr = first.addr;
+    let server = proxy(backend, vec![addr], ProxyLimits::default());
+    let mut c = connect(&server);
+    assert_eq!(status(&get(&mut c, "/up/before").0), 200);
+    first.stop();
+    // Requests sent while nothing listens wait for the upstream to return
+    // (one probe connect per 50 ms), rather than fail.
+    let waiting: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = server.addr;
+            thread::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                status(&get(&mut c, &format!("/up/during/{i}")).0)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let second = Upstream::start_at(addr, |p| {
+        while p.request().is_some() {
+            if p.ok("back").is_err() {
+                return;
+            }
+        }
+    });
+    let statuses: Vec<u16> = waiting.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        statuses, [200; 8],
+        "requests during the restart were served after it"
+    );
+    assert_eq!(status(&get(&mut c, "/up/after").0), 200);
+    // One probe per 50 ms while down (about 6), then a link per waiter.
+    let connects = server.total(|s| s.upstream_connects.get());
+    assert!(connects < 40, "probes are paced: {connects} connects");
+    assert!(second.conns() <= 9);
 }

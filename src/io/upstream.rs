@@ -576,7 +576,6 @@ impl Upstreams {
         let link = &mut self.links[uid];
         let e = &mut self.exchanges[ex];
         e.link = Some(uid);
-        e.queued_until = None;
         e.sent_at = now;
         link.ex = Some(ex);
         link.written = 0;
@@ -973,12 +972,15 @@ impl Upstreams {
 
     fn server_failed(&mut self, g: usize, s: usize, now: Instant) {
         let server = &mut self.groups[g].servers[s];
+        let was_down = server.down_until.is_some_and(|t| t > now);
         server.fails += 1;
-        if server.fails >= self.limits.max_fails {
+        if was_down || server.fails >= self.limits.max_fails {
             server.fails = 0;
             server.down_until = Some(now + self.limits.fail_timeout);
+        }
+        if !was_down && server.down_until.is_some_and(|t| t > now) {
             log::warn!(
-                "upstream {} failed {} times: skipped for {:?}",
+                "upstream {}: {} failure(s) in a row, skipped for {:?}",
                 server.addr,
                 self.limits.max_fails,
                 self.limits.fail_timeout

@@ -114,10 +114,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A running upstream; it lives as long as the test process.
+/// A running upstream; it lives as long as the test process, or until
+/// `stop`.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Seen>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Upstream {
@@ -126,14 +129,31 @@ impl Upstream {
     where
         F: Fn(&mut Peer) + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Upstream::start_at("127.0.0.1:0".parse().unwrap(), script)
+    }
+
+    /// As `start`, on a given address (to restart one on the same port).
+    pub fn start_at<F>(addr: SocketAddr, script: F) -> Upstream
+    where
+        F: Fn(&mut Peer) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let script = Arc::new(script);
         let shared = seen.clone();
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let (stop, open) = (stopped.clone(), streams.clone());
         thread::spawn(move || {
             for stream in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
                 let Ok(stream) = stream else { continue };
+                if let Ok(clone) = stream.try_clone() {
+                    open.lock().unwrap().push(clone);
+                }
                 shared.conns.fetch_add(1, Ordering::SeqCst);
                 let (script, seen) = (script.clone(), shared.clone());
                 thread::spawn(move || {
@@ -144,10 +164,28 @@ impl Upstream {
                         served: 0,
                     };
                     script(&mut peer);
+                    // `stop` holds a clone: dropping ours would not close.
+                    let _ = peer.stream.shutdown(std::net::Shutdown::Both);
                 });
             }
         });
-        Upstream { addr, seen }
+        Upstream {
+            addr,
+            seen,
+            stopped,
+            streams,
+        }
+    }
+
+    /// Closes the listener and every connection, as a process exit would.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        for s in self.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        // The listener is dropped once the accept loop sees the flag.
+        thread::sleep(Duration::from_millis(50));
     }
 
     /// Answers every request 200 with a small body, keeping connections.
