@@ -790,7 +790,7 @@ impl Conn {
         if let (Some(group), false) = (res.forwards_to(), panicked) {
             let mut outgoing = Outgoing {
                 group,
-                bytes: Vec::with_capacity(raw.len() + body.len() + 128),
+                bytes: ctx.pool.take(),
                 ..Outgoing::default()
             };
             write_request(&request, &mut outgoing);

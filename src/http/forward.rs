@@ -47,11 +47,16 @@ impl Outgoing {
     /// Completes the head with the client's address, and sets Host to
     /// `host` when given (or when the client sent none).
     pub fn finish(&mut self, peer: Option<std::net::IpAddr>, host: Option<&str>) {
-        let ip = peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
-        let mut line = Vec::with_capacity(ip.len() + 4);
-        line.extend_from_slice(ip.as_bytes());
-        line.extend_from_slice(b"\r\n\r\n");
-        self.bytes.splice(self.head_end..self.head_end, line);
+        use std::io::Write;
+        let mut line = [0u8; 64];
+        let mut cursor = &mut line[..];
+        let _ = match peer {
+            Some(ip) => write!(cursor, "{ip}\r\n\r\n"),
+            None => write!(cursor, "unknown\r\n\r\n"),
+        };
+        let n = 64 - cursor.len();
+        self.bytes
+            .splice(self.head_end..self.head_end, line[..n].iter().copied());
         if let Some(host) = host {
             self.bytes
                 .splice(self.host.clone(), host.bytes())

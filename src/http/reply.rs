@@ -64,8 +64,14 @@ pub enum ReplyError {
 
 /// Parses a reply head at the front of `buf`. `Ok(None)`: incomplete.
 /// Interim (1xx) replies other than 101 are skipped: the returned length
-/// covers them too.
-pub fn parse_reply(buf: &[u8], head_only: bool) -> Result<Option<(usize, ReplyHead)>, ReplyError> {
+/// covers them too. The head's fields are written into `spare`'s memory
+/// (taken from it), so a caller that gives each head's `fields` back
+/// parses without allocating.
+pub fn parse_reply(
+    buf: &[u8],
+    head_only: bool,
+    spare: &mut Vec<u8>,
+) -> Result<Option<(usize, ReplyHead)>, ReplyError> {
     let mut start = 0;
     loop {
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
@@ -87,7 +93,15 @@ pub fn parse_reply(buf: &[u8], head_only: bool) -> Result<Option<(usize, ReplyHe
             }
             _ => {}
         }
-        let head = build(status, res.version == Some(1), res.headers, head_only)?;
+        let mut fields = std::mem::take(spare);
+        fields.clear();
+        let head = build(
+            status,
+            res.version == Some(1),
+            res.headers,
+            head_only,
+            fields,
+        )?;
         return Ok(Some((start + used, head)));
     }
 }
@@ -97,6 +111,7 @@ fn build(
     http11: bool,
     headers: &[httparse::Header<'_>],
     head_only: bool,
+    mut fields: Vec<u8>,
 ) -> Result<ReplyHead, ReplyError> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -140,7 +155,6 @@ fn build(
     } else {
         length.map_or(ReplyFraming::Close, ReplyFraming::Length)
     };
-    let mut fields = Vec::with_capacity(512);
     for h in headers {
         let name = h.name;
         let hop = DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
@@ -240,7 +254,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &str) -> Result<Option<(usize, ReplyHead)>, ReplyError> {
-        parse_reply(raw.as_bytes(), false)
+        parse_reply(raw.as_bytes(), false, &mut Vec::new())
     }
 
     #[test]

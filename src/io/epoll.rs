@@ -22,7 +22,7 @@ use slab::Slab;
 use socket2::SockRef;
 
 use super::upstream::{Clients, Event, Readiness, Ticket, Upstreams};
-use super::wheel::Wheel;
+use super::wheel::{Wheel, NOT_ARMED};
 use super::{send_file, Core, CoreReport, Env, FILE_BYTES_PER_TURN};
 use crate::handler::Handler;
 use crate::http::Conn;
@@ -51,12 +51,16 @@ struct Entry {
     stream: TcpStream,
     conn: Conn,
     gen: u32,
-    /// The earliest tick this entry is armed in the wheel, if any.
-    armed: Option<u64>,
+    /// The earliest tick this entry is armed in the wheel; `NOT_ARMED`
+    /// if none (a sentinel, not an Option: 8 bytes less per connection).
+    armed: u64,
     /// The kernel may hold bytes we have not read (edge-triggered).
     unread: bool,
     /// The peer shut its side (EPOLLRDHUP): read until 0.
     peer_closed: bool,
+    /// The peer's IPv4 address, for X-Forwarded-For; 0: not known (an
+    /// IPv6 peer is looked up per forwarded request). Fits in padding.
+    peer_v4: u32,
     /// Write side shut; reading and dropping until EOF or this deadline.
     linger_until: Option<Instant>,
 }
@@ -206,9 +210,9 @@ impl<H: Handler> Loop<H> {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     let fd = listener.as_raw_fd();
-                    self.add(stream);
+                    self.add(stream, peer);
                     waiting -= 1;
                     if waiting == 0 {
                         // An arrival after this check is a new edge.
@@ -265,7 +269,7 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Registers an accepted connection (TCP_NODELAY came from the listener).
-    fn add(&mut self, mut stream: TcpStream) {
+    fn add(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -281,9 +285,13 @@ impl<H: Handler> Loop<H> {
             stream,
             conn: Conn::new(self.now, &self.env.limits),
             gen: self.next_gen,
-            armed: None,
+            armed: NOT_ARMED,
             unread: true,
             peer_closed: false,
+            peer_v4: match peer.ip() {
+                std::net::IpAddr::V4(ip) => ip.to_bits(),
+                std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped().map_or(0, |ip| ip.to_bits()),
+            },
             linger_until: None,
         });
         self.env.stats.accepted.inc();
@@ -358,7 +366,7 @@ impl<H: Handler> Loop<H> {
             return;
         };
         if let Some(out) = entry.conn.take_outgoing() {
-            let peer = entry.stream.peer_addr().ok().map(|a| a.ip());
+            let peer = super::peer_ip(&mut entry.peer_v4, &entry.stream);
             let token = self.up.open((key, entry.gen), out, peer, self.now);
             entry.conn.set_awaiting(token);
             self.with_upstreams(|up, r, c, now| up.dispatch(token, now, r, c));
@@ -564,8 +572,8 @@ impl<H: Handler> Loop<H> {
         let deadline = entry.linger_until.or_else(|| entry.conn.poll_timeout());
         let Some(at) = deadline else { return };
         let tick = self.wheel.tick_of(at);
-        if entry.armed.is_none_or(|armed| tick < armed) {
-            entry.armed = Some(self.wheel.insert(at, key, entry.gen));
+        if tick < entry.armed {
+            entry.armed = self.wheel.insert(at, key, entry.gen);
         }
     }
 
@@ -580,7 +588,7 @@ impl<H: Handler> Loop<H> {
             if entry.gen != gen {
                 continue;
             }
-            entry.armed = None;
+            entry.armed = NOT_ARMED;
             match entry.linger_until {
                 Some(at) if self.now >= at => self.close(key),
                 Some(_) => self.arm(key),
@@ -691,5 +699,9 @@ impl<H: Handler> Clients for Deliver<'_, H> {
         };
         super::deliver(&mut entry.conn, event, &mut self.env.ctx(self.now));
         self.touched.push((key, gen));
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        self.env.pool.give(buf);
     }
 }

@@ -85,6 +85,26 @@ fn send_file(sock: impl AsFd, file: &FileBody, len: usize) -> io::Result<usize> 
     }
 }
 
+/// The client's address for X-Forwarded-For: an IPv4 address is looked up
+/// once per connection (`cached`, 0 until known), an IPv6 one per call.
+fn peer_ip(cached: &mut u32, sock: impl AsFd) -> Option<std::net::IpAddr> {
+    if *cached != 0 {
+        return Some(std::net::Ipv4Addr::from_bits(*cached).into());
+    }
+    let addr = socket2::SockRef::from(&sock)
+        .peer_addr()
+        .ok()?
+        .as_socket()?;
+    let ip = match addr.ip() {
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped().map_or(ip.into(), Into::into),
+        ip => ip,
+    };
+    if let std::net::IpAddr::V4(v4) = ip {
+        *cached = v4.to_bits();
+    }
+    Some(ip)
+}
+
 /// Hands a connection its pending reply's progress; the same in both
 /// backends.
 fn deliver<H: Handler>(

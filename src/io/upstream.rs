@@ -49,6 +49,8 @@ pub(crate) trait Clients {
     fn room(&self, ticket: Ticket) -> bool;
     /// Hands the client its reply's progress.
     fn deliver(&mut self, ticket: Ticket, event: Event<'_>);
+    /// Takes back a sent request's buffer (it came from the core's pool).
+    fn recycle(&mut self, buf: Vec<u8>);
 }
 
 /// The backend's poller, for upstream sockets.
@@ -152,6 +154,8 @@ pub(crate) struct Upstreams {
     due: Vec<(usize, u32)>,
     scratch: Vec<u8>,
     payload: Vec<u8>,
+    /// Reused for each reply head's fields.
+    fields: Vec<u8>,
     next_gen: u32,
     draining: bool,
     stats: Arc<CachePadded<CoreStats>>,
@@ -195,6 +199,7 @@ impl Upstreams {
             due: Vec::new(),
             scratch: Vec::new(),
             payload: Vec::new(),
+            fields: Vec::new(),
             next_gen: 0,
             draining: false,
             stats,
@@ -737,7 +742,7 @@ impl Upstreams {
                 joined = std::mem::take(&mut link.head_buf);
                 &joined
             };
-            match parse_reply(buf, head_only) {
+            match parse_reply(buf, head_only, &mut self.fields) {
                 Ok(None) => {
                     if link.head_buf.is_empty() && joined.is_empty() {
                         link.head_buf.extend_from_slice(data);
@@ -764,6 +769,7 @@ impl Upstreams {
                         .upstream_reply_us
                         .add(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
                     c.deliver(ticket, Event::Head(&head));
+                    self.fields = head.fields;
                     if joined.is_empty() {
                         data = &data[used..];
                     } else {
@@ -839,6 +845,7 @@ impl Upstreams {
         self.stats.upstream_busy.sub(1);
         let reusable = link.keep_alive && !self.draining;
         c.deliver(e.ticket, Event::End);
+        c.recycle(e.req.bytes);
         if !reusable {
             self.close(uid, r);
             self.serve_queue(g, now, r, c);
@@ -955,6 +962,7 @@ impl Upstreams {
         let e = self.exchanges.remove(ex);
         self.stats.upstream_errors[cause as usize].inc();
         c.deliver(e.ticket, Event::Fail(cause));
+        c.recycle(e.req.bytes);
     }
 
     fn timed_out(&mut self, uid: usize, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {

@@ -40,7 +40,7 @@ use socket2::SockRef;
 use super::buf_ring::BufRing;
 use super::resident::Residency;
 use super::upstream::{Clients, Event, Readiness, Ticket, Upstreams};
-use super::wheel::Wheel;
+use super::wheel::{Wheel, NOT_ARMED};
 use super::{send_file, Core, CoreReport, Env, FILE_BYTES_PER_TURN};
 use crate::config::Config;
 use crate::handler::Handler;
@@ -283,8 +283,12 @@ struct Entry {
     reading_from: Option<FileBody>,
     eof: bool,
     closing: bool,
+    /// The peer's IPv4 address once a request was forwarded; 0: not
+    /// known (an IPv6 peer is looked up per forwarded request).
+    peer_v4: u32,
     linger_until: Option<Instant>,
-    armed: Option<u64>,
+    /// The earliest tick armed in the wheel, or `NOT_ARMED`.
+    armed: u64,
     dirty: bool,
 }
 
@@ -681,9 +685,10 @@ impl<H: Handler> Loop<'_, H> {
             out_op: None,
             reading_from: None,
             eof: false,
+            peer_v4: 0,
             closing: false,
             linger_until: None,
-            armed: None,
+            armed: NOT_ARMED,
             dirty: false,
         });
         self.env.stats.accepted.inc();
@@ -928,11 +933,7 @@ impl<H: Handler> Loop<'_, H> {
             return;
         };
         if let Some(out) = e.conn.take_outgoing() {
-            let peer = SockRef::from(&e.fd)
-                .peer_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .map(|a| a.ip());
+            let peer = super::peer_ip(&mut e.peer_v4, &e.fd);
             let token = self.up.open((key, e.gen), out, peer, self.now);
             e.conn.set_awaiting(token);
             self.with_upstreams(|up, r, c, now| up.dispatch(token, now, r, c));
@@ -1246,8 +1247,8 @@ impl<H: Handler> Loop<'_, H> {
         let deadline = e.linger_until.or_else(|| e.conn.poll_timeout());
         let Some(at) = deadline else { return };
         let tick = self.wheel.tick_of(at);
-        if e.armed.is_none_or(|armed| tick < armed) {
-            e.armed = Some(self.wheel.insert(at, key, e.gen));
+        if tick < e.armed {
+            e.armed = self.wheel.insert(at, key, e.gen);
         }
     }
 
@@ -1260,7 +1261,7 @@ impl<H: Handler> Loop<'_, H> {
             let Some(e) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
                 continue;
             };
-            e.armed = None;
+            e.armed = NOT_ARMED;
             if e.closing {
                 continue;
             }
@@ -1453,6 +1454,10 @@ impl<H: Handler> Clients for Deliver<'_, H> {
             e.dirty = true;
             self.dirty.push(key);
         }
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        self.env.pool.give(buf);
     }
 }
 

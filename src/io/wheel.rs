@@ -47,6 +47,9 @@ struct Timer {
     next: u32,
 }
 
+/// An entry's armed tick when it is in no slot: later than any tick.
+pub const NOT_ARMED: u64 = u64::MAX;
+
 /// End of a list.
 const NIL: u32 = u32::MAX;
 
