@@ -340,6 +340,8 @@ impl Conn {
         out.extend_from_slice(itoa::Buffer::new().format(head.status).as_bytes());
         out.push(b' ');
         out.extend_from_slice(reason(head.status).as_bytes());
+        out.extend_from_slice(b"\r\nServer: coreloop\r\nDate: ");
+        out.extend_from_slice(ctx.date.as_bytes());
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&head.fields);
         match (head.framing, body) {

@@ -12,8 +12,12 @@ const MAX_FIELDS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4096;
 
 /// Fields that describe the upstream hop, or the framing, which the proxy
-/// writes itself toward the client.
-const DROPPED: [&str; 7] = [
+/// writes itself toward the client; and Date and Server, which it also
+/// writes itself (as nginx does), so a reply always has exactly one Date
+/// (RFC 9110 §6.6.1 asks a proxy to add one that is missing).
+const DROPPED: [&str; 9] = [
+    "date",
+    "server",
     "connection",
     "keep-alive",
     "te",

@@ -905,9 +905,14 @@ impl Upstreams {
             }
             // The keep-alive race: a pooled link closed as the request
             // went out. Nothing came back, so an idempotent request goes
-            // once more, on a new link.
+            // once more, on a new link (a new link that closed unanswered
+            // is retried too, and counts against the server).
             let race = cause == UpstreamError::Closed && reused && !replied;
-            if race && self.exchanges[ex].req.idempotent && !self.exchanges[ex].retried {
+            let unanswered = cause == UpstreamError::Closed && !replied;
+            if unanswered && self.exchanges[ex].req.idempotent && !self.exchanges[ex].retried {
+                if !race {
+                    self.server_failed(g, s, now);
+                }
                 self.exchanges[ex].retried = true;
                 self.exchanges[ex].fresh = true;
                 self.stats.upstream_retries.inc();

@@ -91,6 +91,7 @@ pub fn test_router() -> Router {
             Response::new(200).with_body(Body::Bytes(body))
         })
         .get("/empty", |_: &Request<'_>| Response::new(204))
+        .prefix(None, "/fwd", |_: &Request<'_>| Response::forward(0))
 }
 
 impl Harness {
