@@ -175,3 +175,31 @@ fn client_eof_while_waiting_ends_the_connection() {
         "the backend closes and cancels the upstream exchange"
     );
 }
+
+#[test]
+fn head_gets_the_announced_length_and_no_body() {
+    let mut h = Harness::new();
+    h.feed(b"HEAD /fwd HTTP/1.1\r\nHost: h\r\n\r\nGET /plaintext HTTP/1.1\r\nHost: h\r\n\r\n");
+    let out = h.conn.take_outgoing().expect("forwarded");
+    assert!(out.head_only);
+    let (_, head) = parse_reply(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+        true,
+        &mut Vec::new(),
+    )
+    .unwrap()
+    .unwrap();
+    {
+        let (conn, mut ctx) = h.split();
+        conn.handle_reply_head(&head, &mut ctx);
+        conn.handle_reply_end(&mut ctx);
+    }
+    h.flush();
+    let wire = String::from_utf8(h.wire.clone()).unwrap();
+    let (first, rest) = wire.split_once("\r\n\r\n").unwrap();
+    assert!(first.contains("Content-Length: 1234"), "{first}");
+    assert!(
+        rest.starts_with("HTTP/1.1 200 OK\r\n"),
+        "no body after a HEAD reply: {rest}"
+    );
+}

@@ -333,7 +333,7 @@ impl Conn {
         };
         a.close |= self.draining;
         a.body = Some(body);
-        let (close, minor) = (a.close, a.minor);
+        let (close, minor, a_is_head) = (a.close, a.minor, a.is_head);
         self.ensure_out(ctx.pool);
         let out = &mut self.out;
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -349,6 +349,14 @@ impl Conn {
                 out.extend_from_slice(b"Content-Length: ");
                 out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
                 out.extend_from_slice(b"\r\n");
+            }
+            // HEAD: the length the upstream announced, with no body.
+            (ReplyFraming::None, _) if head_with_length(a_is_head, head.status) => {
+                if let Some(n) = head.length {
+                    out.extend_from_slice(b"Content-Length: ");
+                    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
             }
             (ReplyFraming::None, _) => {}
             (_, ToClient::Chunked) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
@@ -944,6 +952,12 @@ impl Conn {
             *write = Some(now + limits.write_timeout);
         }
     }
+}
+
+/// Whether a bodiless reply is the answer to HEAD of a status that could
+/// carry a body (so its Content-Length is passed on).
+fn head_with_length(is_head: bool, status: u16) -> bool {
+    is_head && !matches!(status, 100..=199 | 204 | 304)
 }
 
 /// Writes `n` in hex at the end of `buf`; returns the digits used.

@@ -4,6 +4,8 @@
 //! the proxy answers with 502, so a confused upstream cannot desynchronize
 //! the client's connection.
 
+use std::mem::MaybeUninit;
+
 use super::body::Chunked;
 
 /// Longest upstream head accepted.
@@ -49,6 +51,9 @@ pub struct ReplyHead {
     pub fields: Vec<u8>,
     /// The body's framing.
     pub framing: ReplyFraming,
+    /// The Content-Length announced, even where no body follows (the
+    /// answer to HEAD passes it on).
+    pub length: Option<u64>,
     /// The upstream will keep the connection open after this reply.
     pub keep_alive: bool,
 }
@@ -78,9 +83,16 @@ pub fn parse_reply(
 ) -> Result<Option<(usize, ReplyHead)>, ReplyError> {
     let mut start = 0;
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let mut res = httparse::Response::new(&mut fields);
-        let used = match res.parse(&buf[start..]) {
+        // Uninitialized slots: initializing 100 of them cost more than
+        // the parse of a typical reply head.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut res = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            &buf[start..],
+            &mut slots,
+        );
+        let used = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() - start > MAX_REPLY_HEAD => {
                 return Err(ReplyError::BadHead)
@@ -178,6 +190,7 @@ fn build(
         status,
         fields,
         framing,
+        length,
         keep_alive: !close && framing != ReplyFraming::Close,
     })
 }
