@@ -32,12 +32,19 @@
 #                for SLOW_SECS (default 20) s; the proxy's RSS is sampled
 #                every second and must stay within SLOW_RSS_KIB (default
 #                2048) KiB of its value after the first second.
+#   idle gaps    a second upstream closes keep-alive connections after
+#                2 s (keepalive_timeout 2s) and logs each request's method;
+#                a client sends a GET and a POST, then pauses 1.5-2.5 s,
+#                for GAP_SECS (default 30) s, through coreloop with
+#                --upstream-idle-timeout 10s, so the upstream is the side
+#                that closes idle connections. Reports errors and whether
+#                any POST reached the upstream twice.
 #   restart      wrk -c64 for 8 s; at 3 s the upstream is stopped (SIGTERM) and
 #                started again at once. Reports the non-2xx answers and
 #                upstream connects during the run; connects must not exceed
 #                the requests' concurrency (64) plus the per-core cap.
 #
-# Environment: DURATION, REPEAT, CHECKS, SLOW_SECS, SLOW_RSS_KIB,
+# Environment: DURATION, REPEAT, CHECKS, SLOW_SECS, SLOW_RSS_KIB, GAP_SECS,
 # SERVER_CPU, CLIENT_CPU, BASE_PORT (default 19080; uses 5 ports), BIN
 # (default target/release/coreloop, built if missing).
 set -euo pipefail
@@ -48,6 +55,7 @@ REPEAT=${REPEAT:-3}
 CHECKS=${CHECKS:-1}
 SLOW_SECS=${SLOW_SECS:-20}
 SLOW_RSS_KIB=${SLOW_RSS_KIB:-2048}
+GAP_SECS=${GAP_SECS:-30}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 BASE_PORT=${BASE_PORT:-19080}
@@ -263,6 +271,75 @@ wait "$reader" || true
 echo "RSS after 1 s: $base KiB; peak over ${SLOW_SECS} s: $peak KiB (growth $((peak - base)) KiB, limit $SLOW_RSS_KIB KiB); client read $(cat "$TMP/slow.out") bytes."
 ((peak - base <= SLOW_RSS_KIB)) && echo "Verdict: PASS" || echo "Verdict: FAIL"
 kill_pid "$pid"
+
+echo
+echo "### Idle gaps: the upstream closes keep-alive connections after 2 s"
+GAP_UP=$((BASE_PORT + 4))
+gdir=$TMP/gap-upstream
+mkdir -p "$gdir"
+{ nginx_common "$gdir"; cat <<EOF
+http {
+    log_format m '\$request_method \$request_uri';
+    access_log $gdir/access.log m;
+    keepalive_timeout 2s;
+    server {
+        listen 127.0.0.1:$GAP_UP;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+} >"$gdir/nginx.conf"
+taskset -c "$CLIENT_CPU" "$NGINX" -p "$gdir/" -c "$gdir/nginx.conf" -e "$gdir/error.log" &
+PIDS+=($!)
+wait_port "$GAP_UP"
+gport=$((BASE_PORT + 1))
+taskset -c "$SERVER_CPU" "$BIN" --workers 1 --cpus "$SERVER_CPU" --port "$gport" --no-files \
+    --log-level warn --upstream-idle-timeout 10s --proxy "/p=http://127.0.0.1:$GAP_UP" \
+    >"$TMP/gap.log" 2>&1 &
+gpid=$!
+PIDS+=("$gpid")
+wait_port "$gport"
+: >"$gdir/access.log"
+python3 - "$gport" "$GAP_SECS" >"$TMP/gap.out" <<'PYEOF'
+import random, socket, sys, time
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+random.seed(7)
+sent = {"GET": 0, "POST": 0}
+errors = 0
+s = socket.create_connection(("127.0.0.1", port))
+def exchange(req):
+    s.sendall(req)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    fields = [l.split(b":", 1) for l in head.split(b"\r\n")[1:]]
+    length = int(next(v for n, v in fields if n.strip().lower() == b"content-length"))
+    while len(rest) < length:
+        rest += s.recv(4096)
+    return int(head.split(b" ")[1])
+start, i = time.time(), 0
+while time.time() - start < secs:
+    i += 1
+    for method, req in (("GET", b"GET /p/g%d HTTP/1.1\r\nHost: x\r\n\r\n" % i),
+                        ("POST", b"POST /p/p%d HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi" % i)):
+        sent[method] += 1
+        if exchange(req) != 200:
+            errors += 1
+    time.sleep(random.uniform(1.5, 2.5))
+print(sent["GET"], sent["POST"], errors)
+PYEOF
+read -r gets posts gap_errors <"$TMP/gap.out"
+seen_posts=$(grep -c '^POST ' "$gdir/access.log" || true)
+dup_posts=$(grep '^POST ' "$gdir/access.log" | sort | uniq -d | wc -l)
+echo "Sent $gets GET and $posts POST over ${GAP_SECS} s with 1.5-2.5 s gaps: $gap_errors non-200; the upstream logged $seen_posts POSTs ($dup_posts sent twice)."
+metrics=$(curl -s "http://127.0.0.1:$gport/metrics")
+echo "Proxy: $(awk '/^coreloop_upstream_connects_total/ {print "connects " $2} /^coreloop_upstream_retries_total/ {print "retries " $2}' <<<"$metrics" | paste -sd, -)."
+if ((gap_errors == 0 && dup_posts == 0 && seen_posts == posts)); then echo "Verdict: PASS"; else echo "Verdict: FAIL"; fi
+kill_pid "$gpid"
 
 echo
 echo "### Upstream restarted mid-run (coreloop epoll, wrk -c64 for 8 s)"
