@@ -22,7 +22,7 @@ use slab::Slab;
 use socket2::SockRef;
 
 use super::upstream::{Clients, Event, Readiness, Ticket, Upstreams};
-use super::wheel::{Wheel, NOT_ARMED};
+use super::wheel::{Armed, Wheel};
 use super::{send_file, Core, CoreReport, Env, FILE_BYTES_PER_TURN};
 use crate::handler::Handler;
 use crate::http::Conn;
@@ -51,9 +51,9 @@ struct Entry {
     stream: TcpStream,
     conn: Conn,
     gen: u32,
-    /// The earliest tick this entry is armed in the wheel; `NOT_ARMED`
-    /// if none (a sentinel, not an Option: 8 bytes less per connection).
-    armed: u64,
+    /// Where its deadline is armed in the wheel (at most one entry per
+    /// connection), or `Armed::NONE`.
+    armed: Armed,
     /// The kernel may hold bytes we have not read (edge-triggered).
     unread: bool,
     /// The peer shut its side (EPOLLRDHUP): read until 0.
@@ -285,7 +285,7 @@ impl<H: Handler> Loop<H> {
             stream,
             conn: Conn::new(self.now, &self.env.limits),
             gen: self.next_gen,
-            armed: NOT_ARMED,
+            armed: Armed::NONE,
             unread: true,
             peer_closed: false,
             peer_v4: match peer.ip() {
@@ -551,6 +551,7 @@ impl<H: Handler> Loop<H> {
             return;
         }
         let entry = self.conns.remove(key);
+        self.wheel.remove(entry.armed, key, entry.gen);
         if let Some(token) = entry.conn.awaiting() {
             self.up.cancel(token, &mut Watch(self.poll.registry()));
         }
@@ -572,7 +573,8 @@ impl<H: Handler> Loop<H> {
         let deadline = entry.linger_until.or_else(|| entry.conn.poll_timeout());
         let Some(at) = deadline else { return };
         let tick = self.wheel.tick_of(at);
-        if tick < entry.armed {
+        if tick < entry.armed.tick() {
+            self.wheel.remove(entry.armed, key, entry.gen);
             entry.armed = self.wheel.insert(at, key, entry.gen);
         }
     }
@@ -588,7 +590,9 @@ impl<H: Handler> Loop<H> {
             if entry.gen != gen {
                 continue;
             }
-            entry.armed = NOT_ARMED;
+            if !self.wheel.holds(entry.armed, key, gen) {
+                entry.armed = Armed::NONE;
+            }
             match entry.linger_until {
                 Some(at) if self.now >= at => self.close(key),
                 Some(_) => self.arm(key),

@@ -25,7 +25,7 @@ use crossbeam_utils::CachePadded;
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::wheel::Wheel;
+use super::wheel::{Armed, Wheel};
 use crate::config::{Balance, ProxyLimits, UpstreamGroup};
 use crate::http::forward::Outgoing;
 use crate::http::reply::{parse_reply, ReplyBody, ReplyFraming, ReplyHead};
@@ -106,7 +106,7 @@ struct Link {
     /// The upstream shut its side: read until EOF, even after a short read.
     hung_up: bool,
     deadline: Option<Instant>,
-    armed: Option<u64>,
+    armed: Armed,
 }
 
 /// One request on its way through an upstream.
@@ -324,7 +324,9 @@ impl Upstreams {
             let Some(link) = self.links.get_mut(uid).filter(|l| l.gen == gen) else {
                 continue;
             };
-            link.armed = None;
+            if !self.wheel.holds(link.armed, uid, gen) {
+                link.armed = Armed::NONE;
+            }
             match link.deadline {
                 Some(at) if at <= now => self.timed_out(uid, now, r, c),
                 Some(_) => self.arm(uid),
@@ -557,7 +559,7 @@ impl Upstreams {
             writable: false,
             hung_up: false,
             deadline: Some(now + self.limits.connect_timeout),
-            armed: None,
+            armed: Armed::NONE,
         });
         if let Err(e) = r.watch(fd, uid, gen) {
             self.links.remove(uid);
@@ -1012,6 +1014,7 @@ impl Upstreams {
         let Some(link) = self.links.try_remove(uid) else {
             return;
         };
+        self.wheel.remove(link.armed, uid, link.gen);
         r.unwatch(link.sock.as_raw_fd(), uid, link.gen);
         let server = &mut self.groups[link.group].servers[link.server];
         server.open -= 1;
@@ -1027,8 +1030,9 @@ impl Upstreams {
         let link = &mut self.links[uid];
         let Some(at) = link.deadline else { return };
         let tick = self.wheel.tick_of(at);
-        if link.armed.is_none_or(|armed| tick < armed) {
-            link.armed = Some(self.wheel.insert(at, uid, link.gen));
+        if tick < link.armed.tick() {
+            self.wheel.remove(link.armed, uid, link.gen);
+            link.armed = self.wheel.insert(at, uid, link.gen);
         }
     }
 }

@@ -40,7 +40,7 @@ use socket2::SockRef;
 use super::buf_ring::BufRing;
 use super::resident::Residency;
 use super::upstream::{Clients, Event, Readiness, Ticket, Upstreams};
-use super::wheel::{Wheel, NOT_ARMED};
+use super::wheel::{Armed, Wheel};
 use super::{send_file, Core, CoreReport, Env, FILE_BYTES_PER_TURN};
 use crate::config::Config;
 use crate::handler::Handler;
@@ -287,8 +287,9 @@ struct Entry {
     /// known (an IPv6 peer is looked up per forwarded request).
     peer_v4: u32,
     linger_until: Option<Instant>,
-    /// The earliest tick armed in the wheel, or `NOT_ARMED`.
-    armed: u64,
+    /// Where its deadline is armed in the wheel (at most one entry per
+    /// connection), or `Armed::NONE`.
+    armed: Armed,
     dirty: bool,
 }
 
@@ -688,7 +689,7 @@ impl<H: Handler> Loop<'_, H> {
             peer_v4: 0,
             closing: false,
             linger_until: None,
-            armed: NOT_ARMED,
+            armed: Armed::NONE,
             dirty: false,
         });
         self.env.stats.accepted.inc();
@@ -1221,6 +1222,7 @@ impl<H: Handler> Loop<'_, H> {
             return;
         }
         let e = self.conns.remove(key);
+        self.wheel.remove(e.armed, key, e.gen);
         if let Some(buf) = e.sending {
             self.env.pool.give(buf);
         }
@@ -1247,7 +1249,8 @@ impl<H: Handler> Loop<'_, H> {
         let deadline = e.linger_until.or_else(|| e.conn.poll_timeout());
         let Some(at) = deadline else { return };
         let tick = self.wheel.tick_of(at);
-        if tick < e.armed {
+        if tick < e.armed.tick() {
+            self.wheel.remove(e.armed, key, e.gen);
             e.armed = self.wheel.insert(at, key, e.gen);
         }
     }
@@ -1261,7 +1264,9 @@ impl<H: Handler> Loop<'_, H> {
             let Some(e) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
                 continue;
             };
-            e.armed = NOT_ARMED;
+            if !self.wheel.holds(e.armed, key, gen) {
+                e.armed = Armed::NONE;
+            }
             if e.closing {
                 continue;
             }

@@ -1,11 +1,12 @@
-//! A hashed timer wheel for per-connection deadlines: O(1) to arm, nothing
-//! to disarm, and each expiry touches one slot.
+//! A hashed timer wheel for per-connection deadlines: O(1) to arm and to
+//! disarm, and each expiry touches one slot.
 //!
 //! Entries are checked lazily: an expired entry only means "ask this
 //! connection what is due" (`Conn::handle_timeout` ignores early calls),
-//! so a deadline that moved later needs no removal. The backend arms a
-//! connection again only when its deadline moves *earlier* than what is
-//! armed, which keeps the wheel to about one entry per connection.
+//! so a deadline that moved later needs no change. The backend re-arms a
+//! connection only when its deadline moves *earlier* than what is armed,
+//! removing the old entry, and removes its entry when it closes: the wheel
+//! holds at most one entry per open connection.
 
 use std::time::{Duration, Instant};
 
@@ -19,11 +20,12 @@ const SLOTS: usize = 1024;
 /// Timer entries of one core, keyed by (slab key, generation).
 ///
 /// Entries live in one arena (`timers`, reused through a free list), and
-/// each slot is a singly linked list through it. One `Vec` per slot kept
+/// each slot is a doubly linked list through it. One `Vec` per slot kept
 /// the capacity of the most entries each slot ever held; under churn every
 /// slot met its peak sooner or later and RSS crept for minutes
-/// (scripts/soak.sh). The arena grows to the most timers armed at once
-/// and no further.
+/// (scripts/soak.sh). Entries of closed connections used to stay until
+/// their deadline (15 s to 60 s), so the arena followed the connection
+/// *rate*; now it grows to the most connections open at once.
 #[derive(Debug)]
 pub struct Wheel {
     timers: Vec<Timer>,
@@ -45,10 +47,34 @@ struct Timer {
     tick: u64,
     /// Next entry in the same list (a slot's, or the free list).
     next: u32,
+    /// Previous entry in the slot's list; `FREE` on the free list.
+    prev: u32,
 }
 
-/// An entry's armed tick when it is in no slot: later than any tick.
-pub const NOT_ARMED: u64 = u64::MAX;
+/// Where a connection's deadline is armed: its tick (high 40 bits) and
+/// its entry in the arena (low 24 bits), in one word for the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Armed(u64);
+
+impl Armed {
+    /// Not in the wheel: later than any tick.
+    pub const NONE: Armed = Armed(u64::MAX);
+
+    /// The tick it fires in (`u64::MAX >> 24` for `NONE`).
+    pub fn tick(self) -> u64 {
+        self.0 >> 24
+    }
+
+    fn entry(self) -> u32 {
+        // NOTE(cast): the low 24 bits.
+        (self.0 & 0xff_ffff) as u32
+    }
+}
+
+/// `prev` of an entry on the free list.
+const FREE: u32 = u32::MAX - 1;
+/// Entries the arena may hold: `Armed` has 24 bits for the index.
+const MAX_ENTRIES: usize = 1 << 24;
 
 /// End of a list.
 const NIL: u32 = u32::MAX;
@@ -73,33 +99,82 @@ impl Wheel {
         u64::try_from(nanos.div_ceil(tick)).unwrap_or(u64::MAX)
     }
 
-    /// Arms `(key, gen)` for `at`; returns the tick it landed in.
-    pub fn insert(&mut self, at: Instant, key: usize, gen: u32) -> u64 {
-        let tick = self.tick_of(at).max(self.cursor);
+    /// Arms `(key, gen)` for `at`; returns where, for `remove`. With
+    /// 2^24 entries armed (more connections than one core can hold), the
+    /// entry is not armed and `Armed::NONE` comes back.
+    pub fn insert(&mut self, at: Instant, key: usize, gen: u32) -> Armed {
+        let tick = self.tick_of(at).max(self.cursor).min((u64::MAX >> 24) - 1);
         let slot = (tick % SLOTS as u64) as usize;
         // Slab keys stay below 2^32 (io_uring's user_data holds 32 bits);
         // a key that did not would find no slot when it fires, harmlessly.
         let key = u32::try_from(key).unwrap_or(u32::MAX);
+        let head = self.heads[slot];
         let timer = Timer {
             key,
             gen,
             tick,
-            next: self.heads[slot],
+            next: head,
+            prev: NIL,
         };
-        let at = if self.free == NIL {
-            self.timers.push(timer);
-            // NOTE(cast): more than 2^32 armed timers would need more
-            // connections than descriptors exist.
-            (self.timers.len() - 1) as u32
-        } else {
+        let at = if self.free != NIL {
             let at = self.free;
             self.free = self.timers[at as usize].next;
             self.timers[at as usize] = timer;
             at
+        } else if self.timers.len() < MAX_ENTRIES {
+            self.timers.push(timer);
+            // NOTE(cast): below MAX_ENTRIES, which fits 24 bits.
+            (self.timers.len() - 1) as u32
+        } else {
+            return Armed::NONE;
         };
+        if head != NIL {
+            self.timers[head as usize].prev = at;
+        }
         self.heads[slot] = at;
         self.len += 1;
-        tick
+        Armed(tick << 24 | u64::from(at))
+    }
+
+    /// Whether `armed` is still in the wheel for `(key, gen)`: false once
+    /// it fired (an expiry hands out several entries at once, and one
+    /// connection's handling may re-arm another whose entry is among them).
+    pub fn holds(&self, armed: Armed, key: usize, gen: u32) -> bool {
+        let Some(t) = self.timers.get(armed.entry() as usize) else {
+            return false;
+        };
+        armed != Armed::NONE
+            && t.prev != FREE
+            && u32::try_from(key).is_ok_and(|k| k == t.key)
+            && t.gen == gen
+            && t.tick == armed.tick()
+    }
+
+    /// Disarms what `insert` armed for `(key, gen)`. Does nothing if that
+    /// entry already fired (it may since have been reused by another).
+    pub fn remove(&mut self, armed: Armed, key: usize, gen: u32) {
+        if self.holds(armed, key, gen) {
+            self.unlink(armed.entry());
+        }
+    }
+
+    /// Takes entry `at` out of its slot's list onto the free list.
+    fn unlink(&mut self, at: u32) {
+        let t = self.timers[at as usize];
+        if t.prev == NIL {
+            let slot = (t.tick % SLOTS as u64) as usize;
+            self.heads[slot] = t.next;
+        } else {
+            self.timers[t.prev as usize].next = t.next;
+        }
+        if t.next != NIL {
+            self.timers[t.next as usize].prev = t.prev;
+        }
+        let free = &mut self.timers[at as usize];
+        free.next = self.free;
+        free.prev = FREE;
+        self.free = at;
+        self.len -= 1;
     }
 
     /// Moves every entry due at `now` into `due`.
@@ -121,22 +196,12 @@ impl Wheel {
 
     /// Unlinks the entries of `slot` due by tick `until` into `due`.
     fn expire_slot(&mut self, slot: usize, until: u64, due: &mut Vec<(usize, u32)>) {
-        let mut prev = NIL;
         let mut at = self.heads[slot];
         while at != NIL {
             let t = self.timers[at as usize];
             if t.tick <= until {
                 due.push((t.key as usize, t.gen));
-                if prev == NIL {
-                    self.heads[slot] = t.next;
-                } else {
-                    self.timers[prev as usize].next = t.next;
-                }
-                self.timers[at as usize].next = self.free;
-                self.free = at;
-                self.len -= 1;
-            } else {
-                prev = at;
+                self.unlink(at);
             }
             at = t.next;
         }
@@ -222,6 +287,38 @@ mod tests {
         assert_eq!(due.len(), 5000);
         assert!(w.is_empty());
         assert!(w.timers.len() <= 100, "arena grew to {}", w.timers.len());
+    }
+
+    #[test]
+    fn removed_entries_never_fire_and_are_reused() {
+        let t0 = Instant::now();
+        let mut w = Wheel::new(t0);
+        let a = w.insert(t0 + Duration::from_millis(100), 1, 5);
+        let b = w.insert(t0 + Duration::from_millis(100), 2, 5);
+        let c = w.insert(t0 + Duration::from_millis(100), 3, 5);
+        w.remove(b, 2, 5);
+        w.remove(b, 2, 5);
+        w.remove(a, 1, 6);
+        assert_eq!(
+            w.len(),
+            2,
+            "a second removal, or the wrong generation, does nothing"
+        );
+        let d = w.insert(t0 + Duration::from_millis(200), 4, 5);
+        assert_eq!(d.entry(), b.entry(), "the freed entry is reused first");
+        w.remove(b, 2, 5);
+        assert_eq!(
+            w.len(),
+            3,
+            "a stale handle does not remove the entry's new owner"
+        );
+        let mut due = Vec::new();
+        w.expire(t0 + Duration::from_millis(300), &mut due);
+        due.sort();
+        assert_eq!(due, vec![(1, 5), (3, 5), (4, 5)]);
+        w.remove(c, 3, 5);
+        assert!(w.is_empty());
+        assert_eq!(w.timers.len(), 3, "the arena holds the most armed at once");
     }
 
     #[test]
