@@ -178,28 +178,67 @@ pub struct CoreStats {
     pub ring_completions: Counter,
     /// io_uring: receives that found the buffer ring empty.
     pub ring_no_buffers: Counter,
-    /// Upstream: requests sent (a retry counts again).
-    pub upstream_requests: Counter,
-    /// Upstream: connections opened.
-    pub upstream_connects: Counter,
-    /// Upstream: requests sent on a pooled connection.
-    pub upstream_reuses: Counter,
-    /// Upstream: requests sent again after a pooled connection failed.
-    pub upstream_retries: Counter,
-    /// Upstream failures, by `UpstreamError as usize`.
-    pub upstream_errors: [Counter; 7],
-    /// Upstream connections idle in the pools now.
-    pub upstream_idle: Counter,
-    /// Upstream connections carrying an exchange now.
-    pub upstream_busy: Counter,
-    /// Upstream reply heads received, and their summed latency from
-    /// sending the request, in microseconds.
-    pub upstream_replies: Counter,
-    /// See `upstream_replies`.
-    pub upstream_reply_us: Counter,
+    /// Upstream traffic of this core, all servers together.
+    pub upstream: UpstreamCounters,
+    /// The same per upstream server (`Config::upstreams`, group by group).
+    pub servers: Vec<ServerStats>,
+}
+
+/// Counters of upstream traffic (one core; one server or all).
+#[derive(Debug, Default)]
+pub struct UpstreamCounters {
+    /// Requests sent (a retry counts again).
+    pub requests: Counter,
+    /// Connections opened.
+    pub connects: Counter,
+    /// Requests sent on a pooled connection.
+    pub reuses: Counter,
+    /// Requests sent again (a connect failed, or a link closed unanswered).
+    pub retries: Counter,
+    /// Failures answered 502/503/504, by `UpstreamError as usize`. Queue
+    /// failures (no server chosen yet) count in the core's total only.
+    pub errors: [Counter; 7],
+    /// Connections idle in the pools now.
+    pub idle: Counter,
+    /// Connections carrying an exchange now.
+    pub busy: Counter,
+    /// Reply heads received.
+    pub replies: Counter,
+    /// Summed latency from request to reply head, in microseconds.
+    pub reply_us: Counter,
+}
+
+/// One upstream server's counters on one core.
+#[derive(Debug)]
+pub struct ServerStats {
+    /// Its group's index in `Config::upstreams`.
+    pub group: usize,
+    /// Its address, as the `upstream` label.
+    pub addr: String,
+    /// Its counters.
+    pub counters: UpstreamCounters,
 }
 
 impl CoreStats {
+    /// Counters for a core that forwards to these groups.
+    pub fn with_upstreams(groups: &[crate::config::UpstreamGroup]) -> CoreStats {
+        let servers = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(group, g)| {
+                g.servers.iter().map(move |addr| ServerStats {
+                    group,
+                    addr: addr.to_string(),
+                    counters: UpstreamCounters::default(),
+                })
+            })
+            .collect();
+        CoreStats {
+            servers,
+            ..CoreStats::default()
+        }
+    }
+
     /// Counts one response of `status`.
     #[inline]
     pub fn response(&self, status: u16) {
@@ -252,7 +291,7 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
          # TYPE coreloop_backend_info gauge\ncoreloop_backend_info{{backend=\"{backend}\"}} 1"
     );
     type Get = fn(&CoreStats) -> u64;
-    let simple: [(&str, &str, &str, Get); 19] = [
+    let simple: [(&str, &str, &str, Get); 11] = [
         (
             "connections_accepted_total",
             "counter",
@@ -319,54 +358,6 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
             "io_uring: completions reaped.",
             |s| s.ring_completions.get(),
         ),
-        (
-            "upstream_requests_total",
-            "counter",
-            "Requests sent upstream (retries count again).",
-            |s| s.upstream_requests.get(),
-        ),
-        (
-            "upstream_connects_total",
-            "counter",
-            "Upstream connections opened.",
-            |s| s.upstream_connects.get(),
-        ),
-        (
-            "upstream_reuses_total",
-            "counter",
-            "Upstream requests sent on a pooled connection.",
-            |s| s.upstream_reuses.get(),
-        ),
-        (
-            "upstream_retries_total",
-            "counter",
-            "Upstream requests sent again after a pooled connection failed.",
-            |s| s.upstream_retries.get(),
-        ),
-        (
-            "upstream_idle",
-            "gauge",
-            "Idle upstream connections in the pools.",
-            |s| s.upstream_idle.get(),
-        ),
-        (
-            "upstream_busy",
-            "gauge",
-            "Upstream connections carrying a request.",
-            |s| s.upstream_busy.get(),
-        ),
-        (
-            "upstream_replies_total",
-            "counter",
-            "Upstream reply heads received.",
-            |s| s.upstream_replies.get(),
-        ),
-        (
-            "upstream_reply_microseconds_total",
-            "counter",
-            "Summed latency from request to reply head; divide by upstream_replies_total.",
-            |s| s.upstream_reply_us.get(),
-        ),
     ];
     for (name, kind, help, get) in simple {
         let mut family = Family::new(out, name, kind, help);
@@ -394,16 +385,7 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
         &rejects,
         |s| &s.rejects,
     );
-    let causes = UpstreamError::ALL.map(UpstreamError::name);
-    labelled(
-        out,
-        cores,
-        "upstream_errors_total",
-        "Upstream exchanges answered 502/503/504, by cause.",
-        "cause",
-        &causes,
-        |s| &s.upstream_errors,
-    );
+    upstreams(cores, out);
     let deadlines = Deadline::ALL.map(Deadline::name);
     labelled(
         out,
@@ -414,6 +396,116 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
         &deadlines,
         |s| &s.deadlines,
     );
+}
+
+/// The upstream families: one sample per core and server (labels `group`
+/// and `upstream`); errors by cause, and the queue's failures (no server
+/// chosen) with `upstream="queue"`.
+fn upstreams(cores: &AllStats, out: &mut String) {
+    if cores.iter().all(|c| c.servers.is_empty()) {
+        return;
+    }
+    type Get = fn(&UpstreamCounters) -> u64;
+    let families: [(&str, &str, &str, Get); 8] = [
+        (
+            "upstream_requests_total",
+            "counter",
+            "Requests sent upstream (retries count again).",
+            |c| c.requests.get(),
+        ),
+        (
+            "upstream_connects_total",
+            "counter",
+            "Upstream connections opened.",
+            |c| c.connects.get(),
+        ),
+        (
+            "upstream_reuses_total",
+            "counter",
+            "Upstream requests sent on a pooled connection.",
+            |c| c.reuses.get(),
+        ),
+        (
+            "upstream_retries_total",
+            "counter",
+            "Upstream requests sent again.",
+            |c| c.retries.get(),
+        ),
+        (
+            "upstream_idle",
+            "gauge",
+            "Idle upstream connections in the pools.",
+            |c| c.idle.get(),
+        ),
+        (
+            "upstream_busy",
+            "gauge",
+            "Upstream connections carrying a request.",
+            |c| c.busy.get(),
+        ),
+        (
+            "upstream_replies_total",
+            "counter",
+            "Upstream reply heads received.",
+            |c| c.replies.get(),
+        ),
+        (
+            "upstream_reply_microseconds_total",
+            "counter",
+            "Summed latency from request to reply head; divide by upstream_replies_total.",
+            |c| c.reply_us.get(),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(
+            out,
+            "# HELP coreloop_{name} {help}\n# TYPE coreloop_{name} {kind}"
+        );
+        for (core, stats) in cores.iter().enumerate() {
+            for s in &stats.servers {
+                let _ = writeln!(
+                    out,
+                    "coreloop_{name}{{core=\"{core}\",group=\"{}\",upstream=\"{}\"}} {}",
+                    s.group,
+                    s.addr,
+                    get(&s.counters)
+                );
+            }
+        }
+    }
+    let name = "upstream_errors_total";
+    let _ = writeln!(
+        out,
+        "# HELP coreloop_{name} Upstream exchanges answered 502/503/504, by cause.\n# TYPE coreloop_{name} counter"
+    );
+    for (core, stats) in cores.iter().enumerate() {
+        for cause in UpstreamError::ALL {
+            let i = cause as usize;
+            let mut rest = stats.upstream.errors[i].get();
+            for s in &stats.servers {
+                let n = s.counters.errors[i].get();
+                rest = rest.saturating_sub(n);
+                let _ = writeln!(
+                    out,
+                    "coreloop_{name}{{core=\"{core}\",group=\"{}\",upstream=\"{}\",cause=\"{}\"}} {n}",
+                    s.group,
+                    s.addr,
+                    cause.name()
+                );
+            }
+            if matches!(
+                cause,
+                UpstreamError::QueueFull | UpstreamError::QueueTimeout
+            ) || rest > 0
+            {
+                let _ = writeln!(
+                    out,
+                    "coreloop_{name}{{core=\"{core}\",upstream=\"queue\",cause=\"{}\"}} {rest}",
+                    cause.name()
+                );
+            }
+        }
+    }
 }
 
 /// A counter family with one sample per core and `label`: `names[i]`

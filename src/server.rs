@@ -140,7 +140,11 @@ impl Server {
         }
         let stats = cores
             .iter()
-            .map(|_| Arc::new(CachePadded::new(CoreStats::default())))
+            .map(|_| {
+                Arc::new(CachePadded::new(CoreStats::with_upstreams(
+                    &config.upstreams,
+                )))
+            })
             .collect();
         Ok(Bound {
             backend,

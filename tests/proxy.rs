@@ -34,6 +34,7 @@ per_backend!(
     balances_and_skips_a_failed_server,
     drain_finishes_pending_replies,
     restarted_upstream_costs_no_request,
+    metrics_are_labelled_per_upstream_server,
 );
 
 fn proxy(backend: Backend, servers: Vec<SocketAddr>, limits: ProxyLimits) -> TestServer {
@@ -44,8 +45,12 @@ fn proxy(backend: Backend, servers: Vec<SocketAddr>, limits: ProxyLimits) -> Tes
         host: None,
     }];
     cfg.proxy = limits;
-    TestServer::start_with(cfg, |_core, _info| {
+    TestServer::start_with(cfg, |_core, info| {
         Router::builtins()
+            .get(
+                "/metrics",
+                coreloop::handler::metrics(info.stats.clone(), info.backend),
+            )
             .get("/local", |_req: &coreloop::Request<'_>| {
                 Response::ok("text/plain", b"local")
             })
@@ -83,7 +88,7 @@ fn forwards_with_pooled_connections(backend: Backend) {
         assert!(head.contains("X-App: yes"), "{head}");
     }
     assert_eq!(up.conns(), 1, "one upstream connection serves them all");
-    assert_eq!(server.total(|s| s.upstream_reuses.get()), 49);
+    assert_eq!(server.total(|s| s.upstream.reuses.get()), 49);
 }
 
 fn rewrites_hop_by_hop_and_forwarding_fields(backend: Backend) {
@@ -238,7 +243,7 @@ fn invalid_framing_is_502_and_the_client_keeps_its_connection(backend: Backend) 
     c.write_all(b"GET /up/chunk HTTP/1.1\r\nHost: f\r\n\r\n")
         .unwrap();
     assert!(read_any(&mut c).is_err(), "a truncated chunked body");
-    assert_eq!(server.total(|s| s.upstream_errors[3].get()), 4);
+    assert_eq!(server.total(|s| s.upstream.errors[3].get()), 4);
 }
 
 /// Each upstream connection answers one request, then reads the next and
@@ -270,7 +275,7 @@ fn keep_alive_race_retries_get_but_never_post(backend: Backend) {
         assert_eq!(status(&head), 200, "{head}");
         assert_eq!(body, b"fresh");
     }
-    assert!(server.total(|s| s.upstream_retries.get()) >= 2);
+    assert!(server.total(|s| s.upstream.retries.get()) >= 2);
     let gets = up.seen.count("GET");
     c.write_all(b"POST /up/post HTTP/1.1\r\nHost: f\r\nContent-Length: 4\r\n\r\ndata")
         .unwrap();
@@ -314,7 +319,7 @@ fn upstream_closing_idle_connections_causes_no_errors(backend: Backend) {
     }
     assert_eq!(up.seen.count("POST"), 4, "no POST sent twice");
     assert_eq!(
-        server.total(|s| s.upstream_errors.iter().map(|e| e.get()).sum()),
+        server.total(|s| s.upstream.errors.iter().map(|e| e.get()).sum()),
         0
     );
 }
@@ -378,12 +383,12 @@ fn full_queue_answers_503(backend: Backend) {
         "one served, one over the queue, one timed out"
     );
     assert_eq!(
-        server.total(|s| s.upstream_errors[5].get()),
+        server.total(|s| s.upstream.errors[5].get()),
         1,
         "queue full"
     );
     assert_eq!(
-        server.total(|s| s.upstream_errors[6].get()),
+        server.total(|s| s.upstream.errors[6].get()),
         1,
         "queue timeout"
     );
@@ -505,7 +510,7 @@ fn balances_and_skips_a_failed_server(backend: Backend) {
         na >= 10 && nb >= 10,
         "both live servers got a share: {na} / {nb}"
     );
-    assert!(server.total(|s| s.upstream_errors[0].get()) == 0);
+    assert!(server.total(|s| s.upstream.errors[0].get()) == 0);
 }
 
 fn drain_finishes_pending_replies(backend: Backend) {
@@ -563,7 +568,35 @@ fn restarted_upstream_costs_no_request(backend: Backend) {
     );
     assert_eq!(status(&get(&mut c, "/up/after").0), 200);
     // One probe per 50 ms while down (about 6), then a link per waiter.
-    let connects = server.total(|s| s.upstream_connects.get());
+    let connects = server.total(|s| s.upstream.connects.get());
     assert!(connects < 40, "probes are paced: {connects} connects");
     assert!(second.conns() <= 9);
+}
+
+fn metrics_are_labelled_per_upstream_server(backend: Backend) {
+    let a = Upstream::keep_alive();
+    let b = Upstream::keep_alive();
+    let limits = ProxyLimits {
+        balance: Balance::RoundRobin,
+        ..ProxyLimits::default()
+    };
+    let server = proxy(backend, vec![a.addr, b.addr], limits);
+    let mut c = connect(&server);
+    for _ in 0..4 {
+        assert_eq!(status(&get(&mut c, "/up/x").0), 200);
+    }
+    let (_, text) = get(&mut c, "/metrics");
+    let text = String::from_utf8(text).unwrap();
+    for addr in [a.addr, b.addr] {
+        let line = format!(
+            "coreloop_upstream_requests_total{{core=\"0\",group=\"0\",upstream=\"{addr}\"}} 2"
+        );
+        assert!(text.contains(&line), "missing {line} in\n{text}");
+        let idle =
+            format!("coreloop_upstream_idle{{core=\"0\",group=\"0\",upstream=\"{addr}\"}} 1");
+        assert!(text.contains(&idle), "missing {idle}");
+    }
+    assert!(text.contains(
+        "coreloop_upstream_errors_total{core=\"0\",upstream=\"queue\",cause=\"queue_full\"} 0"
+    ));
 }

@@ -29,7 +29,7 @@ use super::wheel::{Armed, Wheel};
 use crate::config::{Balance, ProxyLimits, UpstreamGroup};
 use crate::http::forward::Outgoing;
 use crate::http::reply::{parse_reply, ReplyBody, ReplyFraming, ReplyHead};
-use crate::metrics::{CoreStats, UpstreamError};
+use crate::metrics::{CoreStats, UpstreamCounters, UpstreamError};
 
 /// A client connection: its slab key and generation.
 pub(crate) type Ticket = (usize, u32);
@@ -121,6 +121,8 @@ struct Exchange {
     fresh: bool,
     /// Queued until this time.
     queued_until: Option<Instant>,
+    /// The server last tried, for the counters.
+    server: Option<usize>,
     sent_at: Instant,
 }
 
@@ -142,6 +144,8 @@ struct Group {
     host: Option<String>,
     next: usize,
     queue: VecDeque<usize>,
+    /// Where its servers' counters start in `CoreStats::servers`.
+    stats_at: usize,
 }
 
 /// The upstream side of one core.
@@ -168,9 +172,14 @@ impl Upstreams {
         stats: Arc<CachePadded<CoreStats>>,
         now: Instant,
     ) -> Upstreams {
+        let mut stats_at = 0;
         let groups = groups
             .iter()
             .map(|g| Group {
+                stats_at: {
+                    stats_at += g.servers.len();
+                    stats_at - g.servers.len()
+                },
                 servers: g
                     .servers
                     .iter()
@@ -233,6 +242,7 @@ impl Upstreams {
             retried: false,
             fresh: false,
             queued_until: None,
+            server: None,
             sent_at: now,
         });
         token(key, gen)
@@ -404,6 +414,15 @@ impl Upstreams {
         }
     }
 
+    /// Counts on the core's total and on server `s` of group `g`.
+    fn tally(&self, g: usize, s: usize, count: impl Fn(&UpstreamCounters)) {
+        count(&self.stats.upstream);
+        let at = self.groups.get(g).map_or(usize::MAX, |g| g.stats_at + s);
+        if let Some(server) = self.stats.servers.get(at) {
+            count(&server.counters);
+        }
+    }
+
     fn exchange(&self, token: u64) -> Option<usize> {
         let (key, gen) = untoken(token);
         self.exchanges
@@ -431,8 +450,10 @@ impl Upstreams {
             server.probing = true;
         } else if !fresh {
             if let Some(uid) = server.idle.pop() {
-                self.stats.upstream_idle.sub(1);
-                self.stats.upstream_reuses.inc();
+                self.tally(g, s, |c| {
+                    c.idle.sub(1);
+                    c.reuses.inc();
+                });
                 self.bind(ex, uid, now, r, c);
                 return;
             }
@@ -444,10 +465,12 @@ impl Upstreams {
                     self.bind(ex, uid, now, r, c);
                 }
                 Err(_) if probe => {
+                    self.exchanges[ex].server = Some(s);
                     self.probe_failed(g, s, now);
                     self.enqueue(ex, now, c);
                 }
                 Err(_) => {
+                    self.exchanges[ex].server = Some(s);
                     self.server_failed(g, s, now);
                     self.retry_or_fail(ex, UpstreamError::Connect, now, r, c);
                 }
@@ -566,7 +589,7 @@ impl Upstreams {
             return Err(e);
         }
         self.groups[g].servers[s].open += 1;
-        self.stats.upstream_connects.inc();
+        self.tally(g, s, |c| c.connects.inc());
         self.arm(uid);
         Ok(uid)
     }
@@ -595,9 +618,13 @@ impl Upstreams {
             link.reused = true;
             link.deadline = Some(now + self.limits.reply_timeout);
         }
-        self.groups[link.group].servers[link.server].outstanding += 1;
-        self.stats.upstream_busy.inc();
-        self.stats.upstream_requests.inc();
+        let (g, s) = (link.group, link.server);
+        self.groups[g].servers[s].outstanding += 1;
+        self.exchanges[ex].server = Some(s);
+        self.tally(g, s, |c| {
+            c.busy.inc();
+            c.requests.inc();
+        });
         self.arm(uid);
         self.progress(uid, now, r, c);
     }
@@ -766,10 +793,12 @@ impl Upstreams {
                     server.fails = 0;
                     server.down_until = None;
                     let waited = now.saturating_duration_since(self.exchanges[ex].sent_at);
-                    self.stats.upstream_replies.inc();
-                    self.stats
-                        .upstream_reply_us
-                        .add(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
+                    let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+                    let (g, s) = (link.group, link.server);
+                    self.tally(g, s, |c| {
+                        c.replies.inc();
+                        c.reply_us.add(us);
+                    });
                     c.deliver(ticket, Event::Head(&head));
                     self.fields = head.fields;
                     if joined.is_empty() {
@@ -844,8 +873,8 @@ impl Upstreams {
         let (g, s) = (link.group, link.server);
         let server = &mut self.groups[g].servers[s];
         server.outstanding -= 1;
-        self.stats.upstream_busy.sub(1);
         let reusable = link.keep_alive && !self.draining;
+        self.tally(g, s, |c| c.busy.sub(1));
         c.deliver(e.ticket, Event::End);
         c.recycle(e.req.bytes);
         if !reusable {
@@ -871,7 +900,7 @@ impl Upstreams {
         link.deadline = Some(now + self.limits.idle_timeout);
         let readable = link.readable;
         server.idle.push(uid);
-        self.stats.upstream_idle.inc();
+        self.tally(g, s, |c| c.idle.inc());
         self.arm(uid);
         if readable {
             self.close(uid, r);
@@ -893,7 +922,7 @@ impl Upstreams {
         let probe = link.probe;
         if ex.is_some() {
             self.groups[g].servers[s].outstanding -= 1;
-            self.stats.upstream_busy.sub(1);
+            self.tally(g, s, |c| c.busy.sub(1));
         }
         self.close(uid, r);
         if probe {
@@ -917,7 +946,7 @@ impl Upstreams {
                 }
                 self.exchanges[ex].retried = true;
                 self.exchanges[ex].fresh = true;
-                self.stats.upstream_retries.inc();
+                self.tally(g, s, |c| c.retries.inc());
                 self.assign(ex, now, r, c);
             } else {
                 let counted = matches!(
@@ -947,11 +976,16 @@ impl Upstreams {
         let all_down = self.all_down(self.exchanges[ex].group, now);
         let e = &mut self.exchanges[ex];
         if cause == UpstreamError::Connect && (!e.retried || all_down) {
-            if !e.retried {
-                e.retried = true;
-                self.stats.upstream_retries.inc();
-            }
+            let first = !e.retried;
+            e.retried = true;
             e.fresh = true;
+            let (g, s) = (e.group, e.server);
+            if first {
+                match s {
+                    Some(s) => self.tally(g, s, |c| c.retries.inc()),
+                    None => self.stats.upstream.retries.inc(),
+                }
+            }
             self.assign(ex, now, r, c);
         } else {
             self.fail(ex, cause, c);
@@ -967,7 +1001,15 @@ impl Upstreams {
 
     fn fail(&mut self, ex: usize, cause: UpstreamError, c: &mut dyn Clients) {
         let e = self.exchanges.remove(ex);
-        self.stats.upstream_errors[cause as usize].inc();
+        let i = cause as usize;
+        let queued = matches!(
+            cause,
+            UpstreamError::QueueFull | UpstreamError::QueueTimeout
+        );
+        match e.server.filter(|_| !queued) {
+            Some(s) => self.tally(e.group, s, |c| c.errors[i].inc()),
+            None => self.stats.upstream.errors[i].inc(),
+        }
         c.deliver(e.ticket, Event::Fail(cause));
         c.recycle(e.req.bytes);
     }
@@ -1016,12 +1058,13 @@ impl Upstreams {
         };
         self.wheel.remove(link.armed, uid, link.gen);
         r.unwatch(link.sock.as_raw_fd(), uid, link.gen);
-        let server = &mut self.groups[link.group].servers[link.server];
+        let (g, s) = (link.group, link.server);
+        let server = &mut self.groups[g].servers[s];
         server.open -= 1;
         if link.state == State::Idle {
             if let Some(i) = server.idle.iter().position(|&u| u == uid) {
                 server.idle.swap_remove(i);
-                self.stats.upstream_idle.sub(1);
+                self.tally(g, s, |c| c.idle.sub(1));
             }
         }
     }
