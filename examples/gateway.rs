@@ -1,21 +1,26 @@
-//! A handler that calls an upstream: requests under /api/ are checked here
-//! and forwarded to an application server; the rest is answered locally.
+//! Handlers that call an upstream: requests under /api/ are checked here
+//! and forwarded to an application server; /size asks the upstream itself
+//! and answers with what it learned; the rest is answered locally.
 //!
 //!     python3 -m http.server 3000 &        # any HTTP/1.1 server will do
 //!     cargo run --release --example gateway -- 127.0.0.1:3000
 //!     curl -H 'Authorization: x' localhost:8080/api/
+//!     curl localhost:8080/size
 //!
 //! `Response::forward(group)` is a response that completes later: the core
 //! sends the request on one of its own pooled upstream connections, goes on
 //! serving other connections, and streams the reply back when it arrives.
-//! The handler stays synchronous and per core (its counter needs no lock);
-//! requests pipelined behind a forwarded one wait their turn.
+//! `Fetch::...then(closure)` sends a request of the handler's own and runs
+//! the closure with the whole reply, on the same core, to build the
+//! response. Handlers stay synchronous and per core (the counter needs no
+//! lock); requests pipelined behind a pending one wait their turn.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
 use coreloop::config::UpstreamGroup;
+use coreloop::http::fetch::Fetch;
 use coreloop::{Body, Config, Request, Response, Router, Server};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -46,6 +51,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 count.set(count.get() + 1);
                 Response::forward(APP)
+            })
+            .get("/size", |_req: &Request<'_>| {
+                Fetch::get(APP, "/").then(|reply| match reply {
+                    Ok(r) => Response::text(
+                        200,
+                        format!("the upstream's / is {} bytes ({})", r.body.len(), r.status),
+                    ),
+                    Err(e) => Response::text(e.status, e.message),
+                })
             })
             .get("/where", move |_req: &Request<'_>| {
                 let text = format!("core {core}, {} forwarded here\n", forwarded.get());

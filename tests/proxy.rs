@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::net::{config, eventually, TestServer};
 use common::upstream::{closed_port, read_any, read_next, Upstream};
 use coreloop::config::{Balance, ProxyLimits, UpstreamGroup};
+use coreloop::http::fetch::Fetch;
 use coreloop::{Backend, Response, Router};
 
 per_backend!(
@@ -35,6 +36,7 @@ per_backend!(
     drain_finishes_pending_replies,
     restarted_upstream_costs_no_request,
     metrics_are_labelled_per_upstream_server,
+    a_handler_calls_an_upstream_and_shapes_the_reply,
 );
 
 fn proxy(backend: Backend, servers: Vec<SocketAddr>, limits: ProxyLimits) -> TestServer {
@@ -56,6 +58,22 @@ fn proxy(backend: Backend, servers: Vec<SocketAddr>, limits: ProxyLimits) -> Tes
             })
             .prefix(None, "/up", |_req: &coreloop::Request<'_>| {
                 Response::forward(0)
+            })
+            .get("/call", |_req: &coreloop::Request<'_>| {
+                Fetch::get(0, "/inner?x=1")
+                    .header("X-Token", "t")
+                    .then(|reply| match reply {
+                        Ok(r) => Response::text(
+                            200,
+                            format!(
+                                "got {} {} {}",
+                                r.status,
+                                r.header("x-app").unwrap_or("-"),
+                                String::from_utf8_lossy(&r.body)
+                            ),
+                        ),
+                        Err(e) => Response::text(e.status, format!("failed: {}", e.message)),
+                    })
             })
     })
 }
@@ -599,4 +617,32 @@ fn metrics_are_labelled_per_upstream_server(backend: Backend) {
     assert!(text.contains(
         "coreloop_upstream_errors_total{core=\"0\",upstream=\"queue\",cause=\"queue_full\"} 0"
     ));
+}
+
+fn a_handler_calls_an_upstream_and_shapes_the_reply(backend: Backend) {
+    let up = Upstream::keep_alive();
+    let server = proxy(backend, vec![up.addr], ProxyLimits::default());
+    let mut c = connect(&server);
+    c.write_all(b"GET /call HTTP/1.1\r\nHost: f\r\n\r\nGET /local HTTP/1.1\r\nHost: f\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let (head, body) = read_next(&mut c, &mut buf).unwrap();
+    assert_eq!(status(&head), 200, "{head}");
+    assert_eq!(body, b"got 200 yes hello /inner?x=1\n");
+    assert_eq!(
+        read_next(&mut c, &mut buf).unwrap().1,
+        b"local",
+        "in order behind it"
+    );
+    let seen = up.seen.last_head();
+    assert!(seen.starts_with("GET /inner?x=1 HTTP/1.1\r\n"), "{seen}");
+    assert!(seen.contains(&format!("Host: {}\r\n", up.addr)), "{seen}");
+    assert!(seen.contains("X-Token: t\r\n"), "{seen}");
+
+    let server = proxy(backend, vec![closed_port()], ProxyLimits::default());
+    let mut c = connect(&server);
+    let (head, body) = get(&mut c, "/call");
+    assert_eq!(status(&head), 502, "{head}");
+    assert!(String::from_utf8_lossy(&body).starts_with("failed: bad gateway"));
+    assert_eq!(status(&get(&mut c, "/local").0), 200);
 }

@@ -26,7 +26,8 @@ use std::time::Instant;
 
 use super::body::Chunked;
 use super::date::DateCache;
-use super::forward::{write_request, Outgoing};
+use super::fetch::{FetchError, Reply, Then};
+use super::forward::{write_fetch, write_request, Outgoing};
 use super::limits::Limits;
 use super::parse::{find_head_end, parse_head, Found, Framing, Head, Scan};
 use super::reject::Reject;
@@ -128,6 +129,64 @@ struct Awaiting {
     close: bool,
     /// Set once the reply head is written: how the body is framed.
     body: Option<ToClient>,
+    /// A handler's own call: the reply goes to its closure, not the wire.
+    call: Option<Box<Call>>,
+}
+
+/// A handler's upstream call (`Fetch::then`): the reply is gathered here,
+/// then handed to the closure.
+struct Call {
+    then: Then,
+    status: u16,
+    fields: Vec<u8>,
+    body: Vec<u8>,
+    /// The body outgrew `Limits::max_body`: the closure gets an error.
+    too_large: bool,
+}
+
+impl Call {
+    fn new(then: Then) -> Box<Call> {
+        Box::new(Call {
+            then,
+            status: 0,
+            fields: Vec::new(),
+            body: Vec::new(),
+            too_large: false,
+        })
+    }
+
+    fn reply(&mut self) -> Result<Reply, FetchError> {
+        if self.too_large {
+            return Err(FetchError {
+                status: 502,
+                message: "upstream reply larger than the body limit".into(),
+            });
+        }
+        let headers = self
+            .fields
+            .split(|&b| b == b'\n')
+            .filter_map(|line| {
+                let line = line.strip_suffix(b"\r")?;
+                let colon = line.iter().position(|&b| b == b':')?;
+                let name = String::from_utf8_lossy(&line[..colon]).into_owned();
+                let value = String::from_utf8_lossy(line[colon + 1..].trim_ascii()).into_owned();
+                Some((name, value))
+            })
+            .collect();
+        Ok(Reply {
+            status: self.status,
+            headers,
+            body: mem::take(&mut self.body),
+        })
+    }
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a streamed reply body is framed toward the client.
@@ -310,6 +369,7 @@ impl Conn {
     /// backend stops reading the upstream: a slow client slows it.
     pub fn reply_room(&self) -> bool {
         self.pending() < self.max_pending
+            || self.awaiting.as_ref().is_some_and(|a| a.call.is_some())
     }
 
     /// The pending reply's head arrived: writes the client's head.
@@ -321,6 +381,11 @@ impl Conn {
         let Some(a) = self.awaiting.as_mut() else {
             return;
         };
+        if let Some(call) = a.call.as_mut() {
+            call.status = head.status;
+            call.fields.clone_from(&head.fields);
+            return;
+        }
         let body = match head.framing {
             ReplyFraming::None | ReplyFraming::Length(_) => ToClient::Plain,
             _ if a.is_head => ToClient::Plain,
@@ -379,6 +444,16 @@ impl Conn {
         limits: &Limits,
         pool: &mut BufPool,
     ) {
+        if let Some(call) = self.awaiting.as_mut().and_then(|a| a.call.as_mut()) {
+            // NOTE(cast): usize fits in u64 on every Linux target.
+            if (call.body.len() + data.len()) as u64 > limits.max_body {
+                call.too_large = true;
+                call.body = Vec::new();
+            } else if !call.too_large {
+                call.body.extend_from_slice(data);
+            }
+            return;
+        }
         let Some(body) = self.awaiting.as_ref().and_then(|a| a.body) else {
             return;
         };
@@ -401,9 +476,14 @@ impl Conn {
 
     /// The pending reply is complete: requests behind it are answered.
     pub fn handle_reply_end<H: Handler + ?Sized>(&mut self, ctx: &mut Ctx<'_, H>) {
-        let Some(a) = self.awaiting.take() else {
+        let Some(mut a) = self.awaiting.take() else {
             return;
         };
+        if let Some(mut call) = a.call.take() {
+            let reply = call.reply();
+            self.finish_call(a, call, reply, ctx);
+            return;
+        }
         if a.body == Some(ToClient::Chunked) {
             self.ensure_out(ctx.pool);
             self.out.extend_from_slice(b"0\r\n\r\n");
@@ -420,9 +500,17 @@ impl Conn {
         message: &str,
         ctx: &mut Ctx<'_, H>,
     ) {
-        let Some(a) = self.awaiting.take() else {
+        let Some(mut a) = self.awaiting.take() else {
             return;
         };
+        if let Some(call) = a.call.take() {
+            let reply = Err(FetchError {
+                status,
+                message: message.to_string(),
+            });
+            self.finish_call(a, call, reply, ctx);
+            return;
+        }
         if a.body.is_some() {
             self.resume_after_reply(true, ctx);
             return;
@@ -797,25 +885,28 @@ impl Conn {
                 (Response::text(500, "internal server error"), true)
             }
         };
-        if let (Some(group), false) = (res.forwards_to(), panicked) {
-            let mut outgoing = Outgoing {
-                group,
-                bytes: ctx.pool.take(),
-                ..Outgoing::default()
-            };
-            write_request(&request, &mut outgoing);
-            self.awaiting = Some(Box::new(Awaiting {
-                token: 0,
-                outgoing: Some(outgoing),
-                minor: head.minor,
-                is_head: head.is_head,
-                close: !head.keep_alive || self.draining,
-                body: None,
-            }));
-            ctx.stats.requests.inc();
-            self.phase = Phase::Head;
-            self.next_request();
-            return;
+        if !panicked {
+            if let Some(group) = res.forwards_to() {
+                let mut outgoing = Outgoing {
+                    group,
+                    bytes: ctx.pool.take(),
+                    ..Outgoing::default()
+                };
+                write_request(&request, &mut outgoing);
+                self.await_reply(outgoing, head, None, ctx);
+                return;
+            }
+            if let Some(mut fetch) = res.take_fetch() {
+                let mut outgoing = Outgoing {
+                    group: fetch.group,
+                    bytes: ctx.pool.take(),
+                    ..Outgoing::default()
+                };
+                write_fetch(&fetch, &mut outgoing);
+                let call = fetch.then.take().map(Call::new);
+                self.await_reply(outgoing, head, call, ctx);
+                return;
+            }
         }
         let close = panicked || !head.keep_alive || res.wants_close() || self.draining;
         let persist = match (close, head.minor) {
@@ -840,6 +931,63 @@ impl Conn {
         ctx.stats.response(res.status());
         self.phase = if close { Phase::Closing } else { Phase::Head };
         self.next_request();
+    }
+
+    /// Parks the request's place in the output order until the reply is in.
+    fn await_reply<H: Handler + ?Sized>(
+        &mut self,
+        outgoing: Outgoing,
+        head: &Head,
+        call: Option<Box<Call>>,
+        ctx: &mut Ctx<'_, H>,
+    ) {
+        self.awaiting = Some(Box::new(Awaiting {
+            token: 0,
+            outgoing: Some(outgoing),
+            minor: head.minor,
+            is_head: head.is_head,
+            close: !head.keep_alive || self.draining,
+            body: None,
+            call,
+        }));
+        ctx.stats.requests.inc();
+        self.phase = Phase::Head;
+        self.next_request();
+    }
+
+    /// A handler's upstream call ended: its closure builds the response.
+    fn finish_call<H: Handler + ?Sized>(
+        &mut self,
+        a: Box<Awaiting>,
+        call: Box<Call>,
+        reply: Result<Reply, FetchError>,
+        ctx: &mut Ctx<'_, H>,
+    ) {
+        let then = call.then;
+        let res = match catch_unwind(AssertUnwindSafe(move || then(reply))) {
+            Ok(res) if !res.is_deferred() => Ok(res),
+            Ok(_) => Err("a response that completes later cannot follow an upstream call"),
+            Err(_) => Err("internal server error"),
+        };
+        let res = res.unwrap_or_else(|why| {
+            ctx.stats.panics.inc();
+            Response::text(500, why).with_close()
+        });
+        let close = a.close || res.wants_close() || self.draining;
+        let persist = match (close, a.minor) {
+            (true, _) => Persist::Close,
+            (false, 0) => Persist::KeepAlive,
+            (false, _) => Persist::Default,
+        };
+        self.ensure_out(ctx.pool);
+        write_response(&mut self.out, &res, ctx.date.as_bytes(), persist, a.is_head);
+        if let Body::File(file) = res.body() {
+            if sends_body(&res, a.is_head) && !file.is_empty() {
+                self.queue_file(file.clone());
+            }
+        }
+        ctx.stats.response(res.status());
+        self.resume_after_reply(close, ctx);
     }
 
     /// Queues the error response for `reject` and stops reading requests.

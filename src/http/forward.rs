@@ -128,6 +128,51 @@ pub fn write_request(req: &Request<'_>, out: &mut Outgoing) {
     out.head_only = method == "HEAD";
 }
 
+/// Writes a handler's own upstream call (`Fetch`) into `out`. Host is
+/// left for the backend (the group's, or the server's address).
+pub fn write_fetch(fetch: &super::fetch::Fetch, out: &mut Outgoing) {
+    let buf = &mut out.bytes;
+    buf.clear();
+    let method = fetch.method.as_ref();
+    put(
+        buf,
+        &[
+            method.as_bytes(),
+            b" ",
+            fetch.target.as_bytes(),
+            b" HTTP/1.1\r\nHost: ",
+        ],
+    );
+    out.host = buf.len()..buf.len();
+    put(buf, &[b"\r\n"]);
+    for (name, value) in &fetch.headers {
+        if DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+            continue;
+        }
+        put(buf, &[name.as_bytes(), b": ", value.as_bytes(), b"\r\n"]);
+    }
+    let body = &fetch.body;
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        let mut n = itoa::Buffer::new();
+        put(
+            buf,
+            &[
+                b"Content-Length: ",
+                n.format(body.len()).as_bytes(),
+                b"\r\n",
+            ],
+        );
+    }
+    put(buf, &[b"Via: 1.1 coreloop\r\nX-Forwarded-For: "]);
+    out.head_end = buf.len();
+    buf.extend_from_slice(body);
+    out.idempotent = matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    );
+    out.head_only = method == "HEAD";
+}
+
 fn put(buf: &mut Vec<u8>, parts: &[&[u8]]) {
     for p in parts {
         buf.extend_from_slice(p);

@@ -4,6 +4,7 @@
 mod body;
 mod conn;
 mod date;
+pub mod fetch;
 pub mod forward;
 mod limits;
 mod parse;

@@ -129,6 +129,7 @@ pub struct Response {
     body: Body,
     close: bool,
     forward: Option<usize>,
+    fetch: Option<super::fetch::Pending>,
 }
 
 impl Response {
@@ -141,7 +142,27 @@ impl Response {
             body: Body::Empty,
             close: false,
             forward: None,
+            fetch: None,
         }
+    }
+
+    /// A response that completes when a handler's upstream call does
+    /// (`fetch::Fetch::then`).
+    pub(crate) fn deferred(pending: super::fetch::Pending) -> Response {
+        Response {
+            fetch: Some(pending),
+            ..Response::new(500)
+        }
+    }
+
+    /// The upstream call of a `Fetch::then` response, taken once.
+    pub(crate) fn take_fetch(&self) -> Option<super::fetch::Fetch> {
+        self.fetch.as_ref()?.take()
+    }
+
+    /// Whether this response completes later (`forward` or `Fetch::then`).
+    pub fn is_deferred(&self) -> bool {
+        self.forward.is_some() || self.fetch.is_some()
     }
 
     /// A response that completes later: the request is forwarded to
