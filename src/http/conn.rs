@@ -481,7 +481,7 @@ impl Conn {
         };
         if let Some(mut call) = a.call.take() {
             let reply = call.reply();
-            self.finish_call(a, call, reply, ctx);
+            self.finish_call(&a, call.then, reply, ctx);
             return;
         }
         if a.body == Some(ToClient::Chunked) {
@@ -508,7 +508,7 @@ impl Conn {
                 status,
                 message: message.to_string(),
             });
-            self.finish_call(a, call, reply, ctx);
+            self.finish_call(&a, call.then, reply, ctx);
             return;
         }
         if a.body.is_some() {
@@ -958,12 +958,11 @@ impl Conn {
     /// A handler's upstream call ended: its closure builds the response.
     fn finish_call<H: Handler + ?Sized>(
         &mut self,
-        a: Box<Awaiting>,
-        call: Box<Call>,
+        a: &Awaiting,
+        then: Then,
         reply: Result<Reply, FetchError>,
         ctx: &mut Ctx<'_, H>,
     ) {
-        let then = call.then;
         let res = match catch_unwind(AssertUnwindSafe(move || then(reply))) {
             Ok(res) if !res.is_deferred() => Ok(res),
             Ok(_) => Err("a response that completes later cannot follow an upstream call"),
