@@ -7,22 +7,30 @@
 
 use super::request::Request;
 
-/// Fields that describe one hop and are never forwarded (RFC 9110 §7.6.1),
-/// plus the framing fields, which are regenerated, and the forwarding
-/// fields this server writes itself.
-const DROPPED: [&str; 11] = [
+/// Fields that describe one hop and are never forwarded (RFC 9110
+/// §7.6.1), and the framing fields, which are regenerated; both ways.
+pub(crate) const HOP_BY_HOP: [&str; 7] = [
     "connection",
-    "expect",
     "keep-alive",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
     "content-length",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "host",
 ];
+
+/// Request fields this server writes itself (Expect was answered here:
+/// the body is already in hand).
+const REWRITTEN: [&str; 4] = ["expect", "x-forwarded-for", "x-forwarded-proto", "host"];
+
+/// Whether a request field stays on this side of the proxy.
+fn dropped(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .chain(&REWRITTEN)
+        .any(|d| name.eq_ignore_ascii_case(d))
+        || name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-")
+}
 
 /// An upstream request ready but for the client's address: the head ends
 /// in an open `X-Forwarded-For:` line, at `head_end`, whose value the
@@ -92,26 +100,13 @@ pub fn write_request(req: &Request<'_>, out: &mut Outgoing) {
         if name.eq_ignore_ascii_case("x-forwarded-for") && prior_xff.is_none() {
             prior_xff = Some(value);
         }
-        if DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
-            || name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-")
-            || lists(listed, name)
-        {
+        if dropped(name) || lists(listed, name) {
             continue;
         }
         put(buf, &[name.as_bytes(), b": ", value, b"\r\n"]);
     }
     let body = req.body();
-    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-        let mut n = itoa::Buffer::new();
-        put(
-            buf,
-            &[
-                b"Content-Length: ",
-                n.format(body.len()).as_bytes(),
-                b"\r\n",
-            ],
-        );
-    }
+    put_length(buf, method, body);
     put(
         buf,
         &[b"X-Forwarded-Proto: http\r\nVia: 1.1 coreloop\r\nX-Forwarded-For: "],
@@ -146,12 +141,25 @@ pub fn write_fetch(fetch: &super::fetch::Fetch, out: &mut Outgoing) {
     out.host = buf.len()..buf.len();
     put(buf, &[b"\r\n"]);
     for (name, value) in &fetch.headers {
-        if DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+        if dropped(name) {
             continue;
         }
         put(buf, &[name.as_bytes(), b": ", value.as_bytes(), b"\r\n"]);
     }
     let body = &fetch.body;
+    put_length(buf, method, body);
+    put(buf, &[b"Via: 1.1 coreloop\r\nX-Forwarded-For: "]);
+    out.head_end = buf.len();
+    buf.extend_from_slice(body);
+    out.idempotent = matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    );
+    out.head_only = method == "HEAD";
+}
+
+/// Content-Length for a body, or for a method that expects one.
+fn put_length(buf: &mut Vec<u8>, method: &str, body: &[u8]) {
     if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
         let mut n = itoa::Buffer::new();
         put(
@@ -163,14 +171,6 @@ pub fn write_fetch(fetch: &super::fetch::Fetch, out: &mut Outgoing) {
             ],
         );
     }
-    put(buf, &[b"Via: 1.1 coreloop\r\nX-Forwarded-For: "]);
-    out.head_end = buf.len();
-    buf.extend_from_slice(body);
-    out.idempotent = matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    );
-    out.head_only = method == "HEAD";
 }
 
 fn put(buf: &mut Vec<u8>, parts: &[&[u8]]) {

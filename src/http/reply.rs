@@ -7,27 +7,18 @@
 use std::mem::MaybeUninit;
 
 use super::body::Chunked;
+use super::forward::HOP_BY_HOP;
 
 /// Longest upstream head accepted.
 pub const MAX_REPLY_HEAD: usize = 16 * 1024;
 const MAX_FIELDS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4096;
 
-/// Fields that describe the upstream hop, or the framing, which the proxy
-/// writes itself toward the client; and Date and Server, which it also
-/// writes itself (as nginx does), so a reply always has exactly one Date
-/// (RFC 9110 §6.6.1 asks a proxy to add one that is missing).
-const DROPPED: [&str; 9] = [
-    "date",
-    "server",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
+/// Besides the hop-by-hop and framing fields (`HOP_BY_HOP`), Date and
+/// Server are written by the proxy itself (as nginx does), so a reply
+/// always has exactly one Date (RFC 9110 §6.6.1 asks a proxy to add one
+/// that is missing).
+const REWRITTEN: [&str; 2] = ["date", "server"];
 
 /// How the reply body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,7 +164,10 @@ fn build(
     };
     for h in headers {
         let name = h.name;
-        let hop = DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+        let hop = HOP_BY_HOP
+            .iter()
+            .chain(&REWRITTEN)
+            .any(|d| name.eq_ignore_ascii_case(d))
             || name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-")
             || listed
                 .iter()

@@ -21,9 +21,9 @@ use nix::libc;
 use slab::Slab;
 use socket2::SockRef;
 
-use super::upstream::{Clients, Event, Readiness, Ticket, Upstreams};
+use super::upstream::{Clients, Readiness, Ticket, Upstreams};
 use super::wheel::{Armed, Wheel};
-use super::{send_file, Core, CoreReport, Env, FILE_BYTES_PER_TURN};
+use super::{send_file, Core, CoreReport, Deliver, Env, Slot, FILE_BYTES_PER_TURN};
 use crate::handler::Handler;
 use crate::http::Conn;
 
@@ -385,7 +385,7 @@ impl<H: Handler> Loop<H> {
             conns: &mut self.conns,
             env: &mut self.env,
             now: self.now,
-            touched: &mut self.touched,
+            marks: &mut self.touched,
         };
         f(&mut self.up, &mut r, &mut c, self.now);
     }
@@ -681,31 +681,22 @@ impl Readiness for Watch<'_> {
     }
 }
 
-/// The clients, as the upstreams see them.
-struct Deliver<'a, H> {
-    conns: &'a mut Slab<Entry>,
-    env: &'a mut Env<H>,
-    now: Instant,
-    touched: &'a mut Vec<Ticket>,
-}
+impl Slot for Entry {
+    type Mark = Ticket;
 
-impl<H: Handler> Clients for Deliver<'_, H> {
-    fn room(&self, (key, gen): Ticket) -> bool {
-        self.conns
-            .get(key)
-            .filter(|e| e.gen == gen)
-            .is_none_or(|e| e.conn.reply_room())
+    fn gen(&self) -> u32 {
+        self.gen
     }
 
-    fn deliver(&mut self, (key, gen): Ticket, event: Event<'_>) {
-        let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
-            return;
-        };
-        super::deliver(&mut entry.conn, event, &mut self.env.ctx(self.now));
-        self.touched.push((key, gen));
+    fn conn(&self) -> &Conn {
+        &self.conn
     }
 
-    fn recycle(&mut self, buf: Vec<u8>) {
-        self.env.pool.give(buf);
+    fn conn_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    fn mark(&mut self, key: usize) -> Option<Ticket> {
+        Some((key, self.gen))
     }
 }

@@ -105,6 +105,48 @@ fn peer_ip(cached: &mut u32, sock: impl AsFd) -> Option<std::net::IpAddr> {
     Some(ip)
 }
 
+/// A backend's connection slot, as replies from upstreams reach it.
+trait Slot {
+    /// What the backend queues to drive the slot after its reply moved.
+    type Mark;
+    fn gen(&self) -> u32;
+    fn conn(&self) -> &crate::http::Conn;
+    fn conn_mut(&mut self) -> &mut crate::http::Conn;
+    /// The mark to queue for slot `key`, if it is not queued already.
+    fn mark(&mut self, key: usize) -> Option<Self::Mark>;
+}
+
+/// The clients, as the upstreams see them: a backend's slab and core state.
+struct Deliver<'a, H, E: Slot> {
+    conns: &'a mut slab::Slab<E>,
+    env: &'a mut Env<H>,
+    now: Instant,
+    marks: &'a mut Vec<E::Mark>,
+}
+
+impl<H: Handler, E: Slot> upstream::Clients for Deliver<'_, H, E> {
+    fn room(&self, (key, gen): upstream::Ticket) -> bool {
+        self.conns
+            .get(key)
+            .filter(|e| e.gen() == gen)
+            .is_none_or(|e| e.conn().reply_room())
+    }
+
+    fn deliver(&mut self, (key, gen): upstream::Ticket, event: upstream::Event<'_>) {
+        let Some(e) = self.conns.get_mut(key).filter(|e| e.gen() == gen) else {
+            return;
+        };
+        deliver(e.conn_mut(), event, &mut self.env.ctx(self.now));
+        if let Some(mark) = e.mark(key) {
+            self.marks.push(mark);
+        }
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        self.env.pool.give(buf);
+    }
+}
+
 /// Hands a connection its pending reply's progress; the same in both
 /// backends.
 fn deliver<H: Handler>(

@@ -39,9 +39,9 @@ use socket2::SockRef;
 
 use super::buf_ring::BufRing;
 use super::resident::Residency;
-use super::upstream::{Clients, Event, Readiness, Ticket, Upstreams};
+use super::upstream::{Clients, Readiness, Upstreams};
 use super::wheel::{Armed, Wheel};
-use super::{send_file, Core, CoreReport, Env, FILE_BYTES_PER_TURN};
+use super::{send_file, Core, CoreReport, Deliver, Env, Slot, FILE_BYTES_PER_TURN};
 use crate::config::Config;
 use crate::handler::Handler;
 use crate::http::{Conn, FileBody};
@@ -957,7 +957,7 @@ impl<H: Handler> Loop<'_, H> {
             conns: &mut self.conns,
             env: &mut self.env,
             now: self.now,
-            dirty: &mut self.dirty,
+            marks: &mut self.dirty,
         };
         f(&mut self.up, &mut r, &mut c, self.now);
     }
@@ -1434,35 +1434,23 @@ impl Readiness for RingWatch<'_> {
     }
 }
 
-/// The clients, as the upstreams see them.
-struct Deliver<'a, H> {
-    conns: &'a mut Slab<Entry>,
-    env: &'a mut Env<H>,
-    now: Instant,
-    dirty: &'a mut Vec<usize>,
-}
+impl Slot for Entry {
+    type Mark = usize;
 
-impl<H: Handler> Clients for Deliver<'_, H> {
-    fn room(&self, (key, gen): Ticket) -> bool {
-        self.conns
-            .get(key)
-            .filter(|e| e.gen == gen)
-            .is_none_or(|e| e.conn.reply_room())
+    fn gen(&self) -> u32 {
+        self.gen
     }
 
-    fn deliver(&mut self, (key, gen): Ticket, event: Event<'_>) {
-        let Some(e) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
-            return;
-        };
-        super::deliver(&mut e.conn, event, &mut self.env.ctx(self.now));
-        if !e.dirty {
-            e.dirty = true;
-            self.dirty.push(key);
-        }
+    fn conn(&self) -> &Conn {
+        &self.conn
     }
 
-    fn recycle(&mut self, buf: Vec<u8>) {
-        self.env.pool.give(buf);
+    fn conn_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    fn mark(&mut self, key: usize) -> Option<usize> {
+        (!std::mem::replace(&mut self.dirty, true)).then_some(key)
     }
 }
 
