@@ -61,7 +61,17 @@ for _ in $(seq 100); do
     sleep 0.05
 done
 
-fds_idle=$(ls "/proc/$srv/fd" | wc -l)
+# Every core opens its ring, eventfd and listener as it starts; the port
+# answers as soon as the first one is up. Count once the number holds
+# still for half a second.
+fd_count() { ls "/proc/$srv/fd" | wc -l; }
+fds_idle=$(fd_count)
+for _ in $(seq 20); do
+    sleep 0.5
+    now=$(fd_count)
+    [[ $now == "$fds_idle" ]] && break
+    fds_idle=$now
+done
 wrk -t1 -c64 -d"${DURATION}s" "http://127.0.0.1:$PORT$TARGET" >"$OUT.wrk" 2>&1 &
 pids+=($!)
 
@@ -120,11 +130,16 @@ while (( $(date +%s) - start < DURATION )); do
     sleep "$SAMPLE"
 done
 wait "$side" || true
-sleep 1
-fds_end=$(ls "/proc/$srv/fd" | wc -l)
 # The open-file cache may keep the served file open on every core.
 fds_allowed=$fds_idle
 [[ -z $FILES_ROOT ]] || fds_allowed=$((fds_idle + WORKERS))
+# A rejected connection may linger up to --linger-timeout (2 s) after the
+# load; give the descriptors 5 s to come back.
+for _ in $(seq 10); do
+    fds_end=$(fd_count)
+    (( fds_end <= fds_allowed )) && break
+    sleep 0.5
+done
 
 status=0
 awk -v warm="$WARMUP" -v goal="$GOAL_PCT" -v fds_idle="$fds_idle" -v fds_end="$fds_end" -v fds_allowed="$fds_allowed" '
