@@ -432,6 +432,16 @@ fn client_abort_cancels_the_upstream_exchange(backend: Backend) {
             == 1),
         "the upstream connection closes with the client"
     );
+    assert_eq!(
+        server.total(|s| s.upstream.busy.get()),
+        0,
+        "and no longer counts as busy"
+    );
+    // The next request is served, on a new link.
+    let mut c = connect(&server);
+    c.write_all(b"GET /up/next HTTP/1.1\r\nHost: f\r\n\r\n")
+        .unwrap();
+    assert!(eventually(Duration::from_secs(2), || up.seen.total() == 2));
 }
 
 fn pipelined_requests_behind_a_forward_keep_their_order(backend: Backend) {

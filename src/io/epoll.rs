@@ -553,7 +553,7 @@ impl<H: Handler> Loop<H> {
         let entry = self.conns.remove(key);
         self.wheel.remove(entry.armed, key, entry.gen);
         if let Some(token) = entry.conn.awaiting() {
-            self.up.cancel(token, &mut Watch(self.poll.registry()));
+            self.with_upstreams(|up, r, c, now| up.cancel(token, now, r, c));
         }
         drop(entry.stream);
         self.env.stats.closed.inc();

@@ -263,16 +263,28 @@ impl Upstreams {
 
     /// The client went away: its exchange ends, and the connection that
     /// carried it is closed (its reply is unread).
-    pub(crate) fn cancel(&mut self, token: u64, r: &mut dyn Readiness) {
+    pub(crate) fn cancel(
+        &mut self,
+        token: u64,
+        now: Instant,
+        r: &mut dyn Readiness,
+        c: &mut dyn Clients,
+    ) {
         let Some(ex) = self.exchange(token) else {
             return;
         };
         let e = self.exchanges.remove(ex);
-        if let Some(link) = e.link {
-            self.close(link, r);
-        } else if let Some(g) = self.groups.get_mut(e.group) {
-            g.queue.retain(|&q| q != ex);
-        }
+        let Some(uid) = e.link else {
+            if let Some(g) = self.groups.get_mut(e.group) {
+                g.queue.retain(|&q| q != ex);
+            }
+            return;
+        };
+        let (g, s) = (self.links[uid].group, self.links[uid].server);
+        self.groups[g].servers[s].outstanding -= 1;
+        self.tally(g, s, |c| c.busy.sub(1));
+        self.close(uid, r);
+        self.serve_queue(g, now, r, c);
     }
 
     /// The client made room: reading its reply resumes.

@@ -1198,7 +1198,7 @@ impl<H: Handler> Loop<'_, H> {
         if !e.closing {
             e.closing = true;
             if let Some(token) = e.conn.awaiting() {
-                self.with_upstreams(|up, r, _, _| up.cancel(token, r));
+                self.with_upstreams(|up, r, c, now| up.cancel(token, now, r, c));
             }
             let Some(e) = self.conns.get_mut(key) else {
                 return;
