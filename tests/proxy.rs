@@ -37,6 +37,7 @@ per_backend!(
     restarted_upstream_costs_no_request,
     metrics_are_labelled_per_upstream_server,
     a_handler_calls_an_upstream_and_shapes_the_reply,
+    upstream_resets_are_retried_or_cut_short,
 );
 
 fn proxy(backend: Backend, servers: Vec<SocketAddr>, limits: ProxyLimits) -> TestServer {
@@ -655,4 +656,59 @@ fn a_handler_calls_an_upstream_and_shapes_the_reply(backend: Backend) {
     assert_eq!(status(&head), 502, "{head}");
     assert!(String::from_utf8_lossy(&body).starts_with("failed: bad gateway"));
     assert_eq!(status(&get(&mut c, "/local").0), 200);
+}
+
+/// Closes with a TCP reset (SO_LINGER 0) instead of a FIN.
+fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn upstream_resets_are_retried_or_cut_short(backend: Backend) {
+    // Every connection resets when a request arrives; "/up/partial" first
+    // gets half of its body.
+    let up = Upstream::start(|p| {
+        if let Some((head, _)) = p.request() {
+            if head.contains("/up/partial") {
+                let _ = p.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345");
+                thread::sleep(Duration::from_millis(50));
+            }
+            reset(&p.stream);
+        }
+    });
+    let limits = ProxyLimits {
+        max_fails: 100,
+        ..ProxyLimits::default()
+    };
+    let server = proxy(backend, vec![up.addr], limits);
+    let mut c = connect(&server);
+    let (head, _) = get(&mut c, "/up/get");
+    assert_eq!(status(&head), 502, "{head}");
+    assert_eq!(
+        up.seen.count("GET"),
+        2,
+        "a GET that met a reset is sent once more, not again"
+    );
+    c.write_all(b"POST /up/post HTTP/1.1\r\nHost: f\r\nContent-Length: 2\r\n\r\nhi")
+        .unwrap();
+    let (head, _) = read_any(&mut c).unwrap();
+    assert_eq!(status(&head), 502, "{head}");
+    assert_eq!(
+        up.seen.count("POST"),
+        1,
+        "a POST that met a reset is never sent again"
+    );
+    // A reset in the middle of a body: the client gets the head and the
+    // bytes that came, then the connection closes: a short body, never a
+    // padded or re-framed one.
+    c.write_all(b"GET /up/partial HTTP/1.1\r\nHost: f\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("Content-Length: 10\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n12345"), "{text}");
 }
