@@ -78,16 +78,7 @@ pub fn write_request(req: &Request<'_>, out: &mut Outgoing) {
     let buf = &mut out.bytes;
     buf.clear();
     let method = req.method();
-    put(
-        buf,
-        &[
-            method.as_bytes(),
-            b" ",
-            req.target().as_bytes(),
-            b" HTTP/1.1\r\n",
-        ],
-    );
-    put(buf, &[b"Host: "]);
+    put_request_line(buf, method, req.target());
     let host_at = buf.len();
     if let Some(host) = req.header("host") {
         buf.extend_from_slice(host);
@@ -114,13 +105,7 @@ pub fn write_request(req: &Request<'_>, out: &mut Outgoing) {
     if let Some(prior) = prior_xff {
         put(buf, &[prior, b", "]);
     }
-    out.head_end = buf.len();
-    buf.extend_from_slice(body);
-    out.idempotent = matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    );
-    out.head_only = method == "HEAD";
+    put_body(out, method, body);
 }
 
 /// Writes a handler's own upstream call (`Fetch`) into `out`. Host is
@@ -129,15 +114,7 @@ pub fn write_fetch(fetch: &super::fetch::Fetch, out: &mut Outgoing) {
     let buf = &mut out.bytes;
     buf.clear();
     let method = fetch.method.as_ref();
-    put(
-        buf,
-        &[
-            method.as_bytes(),
-            b" ",
-            fetch.target.as_bytes(),
-            b" HTTP/1.1\r\nHost: ",
-        ],
-    );
+    put_request_line(buf, method, &fetch.target);
     out.host = buf.len()..buf.len();
     put(buf, &[b"\r\n"]);
     for (name, value) in &fetch.headers {
@@ -149,8 +126,28 @@ pub fn write_fetch(fetch: &super::fetch::Fetch, out: &mut Outgoing) {
     let body = &fetch.body;
     put_length(buf, method, body);
     put(buf, &[b"Via: 1.1 coreloop\r\nX-Forwarded-For: "]);
-    out.head_end = buf.len();
-    buf.extend_from_slice(body);
+    put_body(out, method, body);
+}
+
+/// The request line and the start of the Host field, whose value the
+/// caller writes.
+fn put_request_line(buf: &mut Vec<u8>, method: &str, target: &str) {
+    put(
+        buf,
+        &[
+            method.as_bytes(),
+            b" ",
+            target.as_bytes(),
+            b" HTTP/1.1\r\nHost: ",
+        ],
+    );
+}
+
+/// Ends the head where the client's address goes, appends the body, and
+/// notes what the method allows.
+fn put_body(out: &mut Outgoing, method: &str, body: &[u8]) {
+    out.head_end = out.bytes.len();
+    out.bytes.extend_from_slice(body);
     out.idempotent = matches!(
         method,
         "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"

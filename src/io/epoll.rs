@@ -362,16 +362,11 @@ impl<H: Handler> Loop<H> {
     /// Sends a request the connection forwards, or reads more of its
     /// reply once the connection has room for it.
     fn forward(&mut self, key: usize) {
-        let Some(entry) = self.conns.get_mut(key) else {
+        let Some(e) = self.conns.get_mut(key) else {
             return;
         };
-        if let Some(out) = entry.conn.take_outgoing() {
-            let peer = super::peer_ip(&mut entry.peer_v4, &entry.stream);
-            let token = self.up.open((key, entry.gen), out, peer, self.now);
-            entry.conn.set_awaiting(token);
-            self.with_upstreams(|up, r, c, now| up.dispatch(token, now, r, c));
-        } else if let Some(token) = entry.conn.awaiting().filter(|_| entry.conn.reply_room()) {
-            self.with_upstreams(|up, r, c, now| up.resume(token, now, r, c));
+        if let Some(step) = super::upstream_step(e, key, &mut self.up, self.now) {
+            self.with_upstreams(|up, r, c, now| up.advance(step, now, r, c));
         }
     }
 
@@ -698,5 +693,9 @@ impl Slot for Entry {
 
     fn mark(&mut self, key: usize) -> Option<Ticket> {
         Some((key, self.gen))
+    }
+
+    fn peer(&mut self) -> Option<std::net::IpAddr> {
+        super::peer_ip(&mut self.peer_v4, &self.stream)
     }
 }

@@ -114,6 +114,29 @@ trait Slot {
     fn conn_mut(&mut self) -> &mut crate::http::Conn;
     /// The mark to queue for slot `key`, if it is not queued already.
     fn mark(&mut self, key: usize) -> Option<Self::Mark>;
+    /// The client's address, for X-Forwarded-For.
+    fn peer(&mut self) -> Option<std::net::IpAddr>;
+}
+
+/// What a connection waiting on an upstream needs next, if anything: its
+/// request handed to the upstreams (to be sent), or more of its reply
+/// read now that it has room.
+fn upstream_step<E: Slot>(
+    e: &mut E,
+    key: usize,
+    up: &mut upstream::Upstreams,
+    now: Instant,
+) -> Option<upstream::Step> {
+    if let Some(out) = e.conn_mut().take_outgoing() {
+        let peer = e.peer();
+        let token = up.open((key, e.gen()), out, peer, now);
+        e.conn_mut().set_awaiting(token);
+        return Some(upstream::Step::Dispatch(token));
+    }
+    let conn = e.conn();
+    conn.awaiting()
+        .filter(|_| conn.reply_room())
+        .map(upstream::Step::Resume)
 }
 
 /// The clients, as the upstreams see them: a backend's slab and core state.

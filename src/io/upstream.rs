@@ -43,6 +43,15 @@ pub(crate) enum Event<'a> {
     Fail(UpstreamError),
 }
 
+/// What a backend asks of the upstreams for one client (`io::upstream_step`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Step {
+    /// Send the request `open` took.
+    Dispatch(u64),
+    /// The client has room: read more of its reply.
+    Resume(u64),
+}
+
 /// The client side, as the backend gives it.
 pub(crate) trait Clients {
     /// Whether the client can take more body bytes now.
@@ -248,14 +257,22 @@ impl Upstreams {
         token(key, gen)
     }
 
-    /// Starts the exchange `open` returned.
-    pub(crate) fn dispatch(
+    /// Does what `step` asks.
+    pub(crate) fn advance(
         &mut self,
-        token: u64,
+        step: Step,
         now: Instant,
         r: &mut dyn Readiness,
         c: &mut dyn Clients,
     ) {
+        match step {
+            Step::Dispatch(token) => self.dispatch(token, now, r, c),
+            Step::Resume(token) => self.resume(token, now, r, c),
+        }
+    }
+
+    /// Starts the exchange `open` returned.
+    fn dispatch(&mut self, token: u64, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {
         if let Some(ex) = self.exchange(token) {
             self.assign(ex, now, r, c);
         }
@@ -288,13 +305,7 @@ impl Upstreams {
     }
 
     /// The client made room: reading its reply resumes.
-    pub(crate) fn resume(
-        &mut self,
-        token: u64,
-        now: Instant,
-        r: &mut dyn Readiness,
-        c: &mut dyn Clients,
-    ) {
+    fn resume(&mut self, token: u64, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {
         let Some(link) = self.exchange(token).and_then(|ex| self.exchanges[ex].link) else {
             return;
         };
@@ -663,8 +674,6 @@ impl Upstreams {
                         }
                     }
                     _ => {
-                        let (g, s) = (link.group, link.server);
-                        self.server_failed(g, s, now);
                         self.link_failed(uid, UpstreamError::Connect, now, r, c);
                         return;
                     }
@@ -793,8 +802,6 @@ impl Upstreams {
                     return true;
                 }
                 Err(_) => {
-                    let (g, s) = (link.group, link.server);
-                    self.server_failed(g, s, now);
                     self.link_failed(uid, UpstreamError::BadReply, now, r, c);
                     return false;
                 }
@@ -930,13 +937,19 @@ impl Upstreams {
     ) {
         let link = &mut self.links[uid];
         let ex = link.ex.take();
-        let (replied, reused, g, s) = (link.replied, link.reused, link.group, link.server);
-        let probe = link.probe;
+        let (g, s, probe) = (link.group, link.server, link.probe);
+        // The keep-alive race: a pooled link closed as the request went
+        // out. That says nothing of the server's health.
+        let race = cause == UpstreamError::Closed && link.reused && !link.replied;
+        let unanswered = cause == UpstreamError::Closed && !link.replied;
         if ex.is_some() {
             self.groups[g].servers[s].outstanding -= 1;
             self.tally(g, s, |c| c.busy.sub(1));
         }
         self.close(uid, r);
+        if !race {
+            self.server_failed(g, s, now);
+        }
         if probe {
             self.probe_failed(g, s, now);
         }
@@ -946,28 +959,15 @@ impl Upstreams {
                 self.enqueue(ex, now, c);
                 return;
             }
-            // The keep-alive race: a pooled link closed as the request
-            // went out. Nothing came back, so an idempotent request goes
-            // once more, on a new link (a new link that closed unanswered
-            // is retried too, and counts against the server).
-            let race = cause == UpstreamError::Closed && reused && !replied;
-            let unanswered = cause == UpstreamError::Closed && !replied;
-            if unanswered && self.exchanges[ex].req.idempotent && !self.exchanges[ex].retried {
-                if !race {
-                    self.server_failed(g, s, now);
-                }
-                self.exchanges[ex].retried = true;
-                self.exchanges[ex].fresh = true;
+            // Nothing came back: an idempotent request goes once more, on
+            // a new link.
+            let e = &mut self.exchanges[ex];
+            if unanswered && e.req.idempotent && !e.retried {
+                e.retried = true;
+                e.fresh = true;
                 self.tally(g, s, |c| c.retries.inc());
                 self.assign(ex, now, r, c);
             } else {
-                let counted = matches!(
-                    cause,
-                    UpstreamError::Connect | UpstreamError::ConnectTimeout
-                );
-                if !race && !counted {
-                    self.server_failed(g, s, now);
-                }
                 self.retry_or_fail(ex, cause, now, r, c);
             }
         }
@@ -1027,14 +1027,9 @@ impl Upstreams {
     }
 
     fn timed_out(&mut self, uid: usize, now: Instant, r: &mut dyn Readiness, c: &mut dyn Clients) {
-        let link = &self.links[uid];
-        match link.state {
+        match self.links[uid].state {
             State::Idle => self.close(uid, r),
-            State::Connecting => {
-                let (g, s) = (link.group, link.server);
-                self.server_failed(g, s, now);
-                self.link_failed(uid, UpstreamError::ConnectTimeout, now, r, c);
-            }
+            State::Connecting => self.link_failed(uid, UpstreamError::ConnectTimeout, now, r, c),
             State::Busy => self.link_failed(uid, UpstreamError::ReplyTimeout, now, r, c),
         }
     }

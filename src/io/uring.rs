@@ -933,13 +933,8 @@ impl<H: Handler> Loop<'_, H> {
         let Some(e) = self.conns.get_mut(key) else {
             return;
         };
-        if let Some(out) = e.conn.take_outgoing() {
-            let peer = super::peer_ip(&mut e.peer_v4, &e.fd);
-            let token = self.up.open((key, e.gen), out, peer, self.now);
-            e.conn.set_awaiting(token);
-            self.with_upstreams(|up, r, c, now| up.dispatch(token, now, r, c));
-        } else if let Some(token) = e.conn.awaiting().filter(|_| e.conn.reply_room()) {
-            self.with_upstreams(|up, r, c, now| up.resume(token, now, r, c));
+        if let Some(step) = super::upstream_step(e, key, &mut self.up, self.now) {
+            self.with_upstreams(|up, r, c, now| up.advance(step, now, r, c));
         }
     }
 
@@ -1451,6 +1446,10 @@ impl Slot for Entry {
 
     fn mark(&mut self, key: usize) -> Option<usize> {
         (!std::mem::replace(&mut self.dirty, true)).then_some(key)
+    }
+
+    fn peer(&mut self) -> Option<std::net::IpAddr> {
+        super::peer_ip(&mut self.peer_v4, &self.fd)
     }
 }
 
