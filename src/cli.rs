@@ -81,6 +81,10 @@ pub struct Args {
     /// long before draining, so a load balancer stops sending first.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     drain_delay: Duration,
+    /// How long a new process started by SIGUSR2 has to report that every
+    /// worker accepts; past it, it is stopped and this one keeps serving.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    upgrade_timeout: Duration,
     /// Event-loop backend: auto tries io_uring and falls back to epoll.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
@@ -287,6 +291,7 @@ impl Args {
             },
             shutdown_timeout: self.shutdown_timeout,
             drain_delay: self.drain_delay,
+            upgrade_timeout: self.upgrade_timeout,
             linger_timeout: self.linger_timeout,
             read_buffer: size("read-buffer", self.read_buffer)?,
             backend: match self.backend {
@@ -374,6 +379,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    handler::build_id();
     let result = Server::new(config).bind().and_then(|bound| {
         let (stats, backend) = (bound.stats(), bound.backend());
         let shutdown = bound.shutdown_handle();

@@ -70,6 +70,10 @@ pub struct Config {
     /// Default 0 (drain at once). Set it to the balancer's health-check
     /// interval times its failure threshold.
     pub drain_delay: Duration,
+    /// How long a new process started by an upgrade (SIGUSR2) has to say
+    /// that every worker accepts; past it, the new process is stopped and
+    /// this one keeps serving. Default 10 s.
+    pub upgrade_timeout: Duration,
     /// After the last response on a closing connection, how long to keep
     /// reading (and dropping) what the peer still sends, so the response is
     /// not destroyed by a TCP reset. Default 2 s.
@@ -207,6 +211,7 @@ impl Default for Config {
             limits: Limits::default(),
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
+            upgrade_timeout: Duration::from_secs(10),
             linger_timeout: Duration::from_secs(2),
             read_buffer: 64 * 1024,
             backend: Backend::Auto,

@@ -10,6 +10,8 @@
 //! - [`io`]: the event loops (one per core) that drive `Conn` over sockets.
 //! - [`server`], [`config`], [`shutdown`], [`listener`], [`topology`]:
 //!   starting the cores, their knobs, the drain protocol, sockets, CPUs.
+//! - [`upgrade`] and [`notify`]: handing the sockets to a new binary
+//!   (SIGUSR2), and telling systemd or the old process that we are ready.
 //!
 //! ```no_run
 //! use coreloop::{Config, Response, Router, Server};
@@ -30,10 +32,12 @@ pub mod io;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod server;
 pub mod shutdown;
 pub mod topology;
+pub mod upgrade;
 
 pub use config::{Backend, Config};
 pub use handler::{Handler, Router};

@@ -2,6 +2,8 @@
 //! the kernel spreads new connections across cores), and the open-files
 //! limit they all draw from.
 
+pub mod inherit;
+
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 

@@ -1,5 +1,6 @@
 //! A minimal logger for the `log` facade: one line per record on stderr,
-//! `coreloop: LEVEL: message`. Timestamps are left to the supervisor
+//! `coreloop[PID]: LEVEL: message` (the PID tells the old process from
+//! the new one during an upgrade). Timestamps are left to the supervisor
 //! (journald, a terminal); the hot path logs nothing.
 
 use std::io::Write;
@@ -25,7 +26,8 @@ impl Log for Stderr {
             Level::Trace => "trace",
         };
         // One write per line so lines from different cores do not interleave.
-        let line = format!("coreloop: {level}: {}\n", record.args());
+        let pid = std::process::id();
+        let line = format!("coreloop[{pid}]: {level}: {}\n", record.args());
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 

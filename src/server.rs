@@ -3,7 +3,8 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -14,8 +15,11 @@ use crossbeam_utils::CachePadded;
 use crate::config::{Backend, Config};
 use crate::handler::Handler;
 use crate::io::{self as backend, Core, CoreReport};
+use crate::listener::inherit::{self, Inherited, Source};
 use crate::metrics::{CoreStats, StatsLine};
+use crate::notify::Notifier;
 use crate::shutdown::Shutdown;
+use crate::upgrade::Upgrader;
 use crate::{listener, topology};
 
 /// Why the server could not start or did not finish cleanly.
@@ -27,6 +31,9 @@ pub enum Error {
     /// `--backend uring` was asked for and the kernel refuses it (the
     /// message says why).
     Backend(String),
+    /// Listening sockets handed to this process cannot be used (an
+    /// upgrade's or systemd's; the message says which and why).
+    Inherit(String),
     /// The listening address could not be bound.
     Bind {
         /// The address.
@@ -60,6 +67,7 @@ impl fmt::Display for Error {
         match self {
             Error::Config(msg) => write!(f, "{msg}"),
             Error::Backend(reason) => write!(f, "--backend uring: io_uring unavailable: {reason}"),
+            Error::Inherit(msg) => write!(f, "inherited listeners: {msg}"),
             Error::Bind { addr, source } if source.kind() == io::ErrorKind::AddrInUse => write!(
                 f,
                 "cannot listen on {addr}: {source} (another process listens there; --share-port joins it on purpose)"
@@ -95,9 +103,12 @@ pub struct Bound {
     /// Epoll or Uring: what the cores run (never Auto).
     backend: Backend,
     config: Arc<Config>,
-    /// (CPU to pin to, listener) per core.
-    cores: Vec<(Option<usize>, std::net::TcpListener)>,
+    /// (CPU to pin to, listeners) per core.
+    cores: Vec<(Option<usize>, Vec<TcpListener>)>,
+    /// Each listening socket once (descriptor, address), for an upgrade.
+    sockets: Vec<(RawFd, SocketAddr)>,
     local_addr: SocketAddr,
+    notifier: Arc<Notifier>,
     shutdown: Shutdown,
     stats: Vec<Arc<CachePadded<CoreStats>>>,
 }
@@ -116,28 +127,24 @@ impl Server {
     }
 
     /// Validates the configuration, raises the open-files limit, chooses
-    /// the CPUs and opens one listener per core.
+    /// the CPUs and opens one listener per core, or takes the listeners
+    /// this process was handed (an upgrade, systemd socket activation).
     pub fn bind(self) -> Result<Bound, Error> {
         let config = self.config;
         config.validate().map_err(Error::Config)?;
+        // Both read (and remove) their variables before any thread starts.
+        let notifier = Arc::new(Notifier::from_env());
+        let inherited = inherit::take().map_err(|e| Error::Inherit(e.to_string()))?;
         let backend = choose_backend(&config)?;
         let cpus = plan_cpus(&config)?;
         check_nofile(&config, cpus.len());
-        let mut cores = Vec::with_capacity(cpus.len());
-        let mut addr = config.addr();
-        if addr.port() != 0 && !config.share_port {
-            listener::check_free(addr).map_err(|source| Error::Bind { addr, source })?;
-        }
-        for cpu in cpus {
-            let l = listener::bind(addr, config.backlog)
-                .map_err(|source| Error::Bind { addr, source })?;
-            // Port 0: the first bind picks the port, the other cores join it.
-            addr = l.local_addr().map_err(|source| Error::Setup {
-                what: "listener address",
-                source,
-            })?;
-            cores.push((cpu, l));
-        }
+        let (sockets, addr) = match inherited {
+            Some((source, list)) => adopt(&config, source, list)?,
+            None => bind_fresh(&config, cpus.len())?,
+        };
+        let handoff = sockets.iter().map(|l| (l.as_raw_fd(), addr)).collect();
+        let per_core = spread(sockets, cpus.len())?;
+        let cores: Vec<_> = cpus.into_iter().zip(per_core).collect();
         let stats = cores
             .iter()
             .map(|_| {
@@ -150,7 +157,9 @@ impl Server {
             backend,
             config: Arc::new(config),
             cores,
+            sockets: handoff,
             local_addr: addr,
+            notifier,
             shutdown: Shutdown::new(),
             stats,
         })
@@ -186,27 +195,38 @@ impl Bound {
         H: Handler + 'static,
     {
         if self.config.handle_signals {
+            let setup = |source| Error::Setup {
+                what: "signal handlers",
+                source,
+            };
             self.shutdown
-                .handle_signals(self.config.drain_delay)
-                .map_err(|source| Error::Setup {
-                    what: "signal handlers",
-                    source,
-                })?;
+                .handle_signals(self.config.drain_delay, self.notifier.clone())
+                .map_err(setup)?;
+            Upgrader::new(
+                self.sockets.clone(),
+                self.config.upgrade_timeout,
+                self.config.shutdown_timeout + Duration::from_secs(1),
+                self.notifier.clone(),
+            )
+            .and_then(|u| u.handle_signal(self.shutdown.clone()))
+            .map_err(setup)?;
         }
+        let (started, started_rx) = std::sync::mpsc::channel();
         let factory = Arc::new(factory);
         let stats_all = self.stats.clone();
         // Ends the stats printer when the cores end without a shutdown
         // (every core failed).
         let cores_done = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for (id, ((cpu, listener), stats)) in self.cores.into_iter().zip(self.stats).enumerate() {
+        for (id, ((cpu, listeners), stats)) in self.cores.into_iter().zip(self.stats).enumerate() {
             let core = Core {
                 id,
                 cpu,
-                listener,
+                listeners,
                 config: self.config.clone(),
                 stats,
                 shutdown: self.shutdown.clone(),
+                started: Some(started.clone()),
             };
             let factory = factory.clone();
             let addr = self.local_addr;
@@ -219,6 +239,14 @@ impl Bound {
                     source,
                 })?;
             threads.push(thread);
+        }
+        drop(started);
+        // Each core reports once, just before its loop starts; a core that
+        // fails first drops its sender without a word.
+        let workers = threads.len();
+        if started_rx.iter().take(workers).count() == workers {
+            log::info!("ready: {workers} workers accepting on {}", self.local_addr);
+            self.notifier.ready();
         }
         let stats_thread = self
             .config
@@ -256,6 +284,99 @@ impl Bound {
             None => Ok(report),
         }
     }
+}
+
+/// Binds one listener per worker (port 0: the first bind picks the port,
+/// the others join it).
+fn bind_fresh(config: &Config, workers: usize) -> Result<(Vec<TcpListener>, SocketAddr), Error> {
+    let mut addr = config.addr();
+    if addr.port() != 0 && !config.share_port {
+        listener::check_free(addr).map_err(|source| Error::Bind { addr, source })?;
+    }
+    let mut out = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let l =
+            listener::bind(addr, config.backlog).map_err(|source| Error::Bind { addr, source })?;
+        addr = l.local_addr().map_err(|source| Error::Setup {
+            what: "listener address",
+            source,
+        })?;
+        out.push(l);
+    }
+    Ok((out, addr))
+}
+
+/// Checks inherited sockets against the configuration: one address, and
+/// after an upgrade the configured one (an upgrade cannot move a port).
+fn adopt(
+    config: &Config,
+    source: Source,
+    list: Vec<Inherited>,
+) -> Result<(Vec<TcpListener>, SocketAddr), Error> {
+    let addr = list
+        .first()
+        .map(|l| l.addr)
+        .ok_or_else(|| Error::Inherit("no socket".into()))?;
+    if let Some(other) = list.iter().find(|l| l.addr != addr) {
+        return Err(Error::Inherit(format!(
+            "sockets on {addr} and {} ({}): one address is served",
+            other.addr, other.name
+        )));
+    }
+    match source {
+        Source::Upgrade => {
+            let want = config.addr();
+            if want != addr && !(want.port() == 0 && want.ip() == addr.ip()) {
+                return Err(Error::Inherit(format!(
+                    "the old process listens on {addr}, this configuration on {want}; \
+                     an upgrade keeps the address (restart to change it)"
+                )));
+            }
+            log::info!("upgrade: took over {} listeners on {addr}", list.len());
+        }
+        Source::Systemd => {
+            let names: Vec<&str> = list.iter().map(|l| l.name.as_str()).collect();
+            log::info!(
+                "socket activation: {} sockets on {addr} ({}); --bind and --port are not used",
+                list.len(),
+                names.join(", ")
+            );
+        }
+    }
+    Ok((list.into_iter().map(|l| l.listener).collect(), addr))
+}
+
+/// Deals sockets to cores: socket j to core j % workers, so surplus
+/// sockets (more than workers, after an upgrade that lowered --workers)
+/// keep being served; with fewer sockets than workers, cores share them
+/// (each through a descriptor of its own).
+fn spread(sockets: Vec<TcpListener>, workers: usize) -> Result<Vec<Vec<TcpListener>>, Error> {
+    let n = sockets.len();
+    let mut cores: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    if n == 0 {
+        return Err(Error::Inherit("no socket".into()));
+    }
+    if n != workers {
+        log::info!(
+            "{n} listening sockets for {workers} workers: {}",
+            if n > workers {
+                "some workers accept from several"
+            } else {
+                "some are shared by two or more workers"
+            }
+        );
+    }
+    for (i, core) in cores.iter_mut().enumerate().skip(n) {
+        let dup = sockets[i % n].try_clone().map_err(|source| Error::Setup {
+            what: "dup of a listening socket",
+            source,
+        })?;
+        core.push(dup);
+    }
+    for (j, socket) in sockets.into_iter().enumerate() {
+        cores[j % workers].push(socket);
+    }
+    Ok(cores)
 }
 
 /// The `--stats` printer: one line per interval until shutdown begins.

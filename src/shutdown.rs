@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::notify::Notifier;
+
 /// Something that interrupts a core's wait (a mio `Waker`, an eventfd).
 pub trait Wake: Send + Sync {
     /// Makes the core's loop return from its wait soon.
@@ -34,6 +36,8 @@ struct Inner {
     flag: AtomicBool,
     /// Shutdown was asked for; the drain may start later (`drain_delay`).
     announced: AtomicBool,
+    /// The drain hands the listeners to a new process (`hand_off`).
+    handoff: AtomicBool,
     /// Touched at start (one push per core) and once at shutdown; never on
     /// the request path.
     wakers: Mutex<Vec<Arc<dyn Wake>>>,
@@ -58,6 +62,20 @@ impl Shutdown {
         for w in wakers.iter() {
             w.wake();
         }
+    }
+
+    /// Starts the drain of a process whose listeners a new process now
+    /// serves (a binary upgrade): as `trigger`, but idle connections get
+    /// a moment to send one more request (`io::HANDOFF_IDLE`), so a client
+    /// in a stream of requests sees `Connection: close` rather than a close.
+    pub fn hand_off(&self) {
+        self.inner.handoff.store(true, Ordering::Release);
+        self.trigger();
+    }
+
+    /// Whether the drain is a handoff (`hand_off`).
+    pub fn is_handoff(&self) -> bool {
+        self.inner.handoff.load(Ordering::Acquire)
     }
 
     /// Says that shutdown is coming: `is_ready` turns false (so `/readyz`
@@ -96,7 +114,11 @@ impl Shutdown {
     /// shutdown, keeps serving for `drain_delay`, then triggers the drain;
     /// a second signal (during the delay too) exits the process at once
     /// with 128 + the signal number.
-    pub fn handle_signals(&self, drain_delay: Duration) -> std::io::Result<()> {
+    pub fn handle_signals(
+        &self,
+        drain_delay: Duration,
+        notifier: Arc<Notifier>,
+    ) -> std::io::Result<()> {
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
         let shutdown = self.clone();
         thread::Builder::new()
@@ -120,6 +142,9 @@ impl Shutdown {
                     exit_now(signal);
                 }
                 shutdown.announce();
+                if !shutdown.is_handoff() {
+                    notifier.stopping();
+                }
                 if !drain_delay.is_zero() {
                     log::info!(
                         "signal {signal}: not ready (/readyz 503); serving {drain_delay:?} more, then draining (send it again to exit at once)"

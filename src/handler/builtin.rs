@@ -21,9 +21,32 @@ pub fn json(_: &Request<'_>) -> Response {
         .with_body(Body::Bytes(body))
 }
 
-/// `GET /healthz`: `ok` while the core is serving.
+/// `GET /healthz`: `ok` while the core is serving, with the build that
+/// answers in `X-Build` (which binary serves, during and after an upgrade).
 pub fn healthz(_: &Request<'_>) -> Response {
-    Response::ok("text/plain", b"ok\n")
+    Response::ok("text/plain", b"ok\n").with_header("X-Build", build_id())
+}
+
+/// `coreloop/VERSION+HASH`: the package version and a hash of the running
+/// executable's bytes, so two builds of one version differ. Read once
+/// (a few milliseconds for a release binary); call it at start to keep
+/// that off the first `/healthz`.
+pub fn build_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        // /proc/self/exe is the running file even after a new one has
+        // been renamed over its path.
+        let hash = std::fs::read("/proc/self/exe")
+            .map(|bytes| format!("{:016x}", fnv1a(&bytes)))
+            .unwrap_or_else(|_| "unknown".into());
+        format!("coreloop/{}+{hash}", env!("CARGO_PKG_VERSION"))
+    })
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The TechEmpower JSON test's object. Serialized by hand: one string field

@@ -6,7 +6,7 @@ pub mod files;
 mod router;
 mod site;
 
-pub use builtin::{healthz, json, plaintext};
+pub use builtin::{build_id, healthz, json, plaintext};
 pub use files::{Files, FilesConfig};
 pub use router::Router;
 pub use site::{metrics, readiness, site, SiteConfig};

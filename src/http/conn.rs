@@ -222,6 +222,9 @@ pub struct Conn {
     /// A response that completes later; requests behind it wait.
     awaiting: Option<Box<Awaiting>>,
     draining: bool,
+    /// Draining for a handoff: an idle connection waits for its next
+    /// request until its (shortened) idle or head deadline.
+    handing_off: bool,
     /// Bytes were dropped or may still come after the close decision:
     /// the backend must drain them before closing (see `lingers`).
     linger: bool,
@@ -246,6 +249,7 @@ impl Conn {
             exchange: None,
             awaiting: None,
             draining: false,
+            handing_off: false,
             linger: false,
             peer_done: false,
             max_pending: limits.max_pending_output,
@@ -345,6 +349,25 @@ impl Conn {
     /// signal is answered rather than reset.
     pub fn handle_shutdown(&mut self) {
         self.draining = true;
+    }
+
+    /// The server hands its sockets to a new process. As `handle_shutdown`,
+    /// except that an idle connection (before its first request or between
+    /// two) stays open until `until` and its next request is answered with
+    /// `Connection: close`: a client in the middle of a stream of requests
+    /// moves over without its connection closing under a request it just
+    /// sent, which a plain drain cannot promise.
+    pub fn handle_handoff(&mut self, until: Instant) {
+        self.draining = true;
+        self.handing_off = true;
+        if self.has_partial_request() {
+            return;
+        }
+        for kind in [Deadline::Head, Deadline::Idle] {
+            if let Some(d) = &mut self.deadlines[kind as usize] {
+                *d = (*d).min(until);
+            }
+        }
     }
 
     /// The upstream request of a response that completes later, once:
@@ -653,7 +676,7 @@ impl Conn {
         match self.phase {
             Phase::Closed => true,
             Phase::Closing => self.pending() == 0,
-            Phase::Head => self.draining && self.is_idle(),
+            Phase::Head => self.draining && !self.handing_off && self.is_idle(),
             _ => false,
         }
     }

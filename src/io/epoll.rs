@@ -27,8 +27,9 @@ use super::{send_file, Core, CoreReport, Deliver, Env, Slot, FILE_BYTES_PER_TURN
 use crate::handler::Handler;
 use crate::http::Conn;
 
-const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+/// Tokens with this bit (and not `UPSTREAM`) name listener `token & !LISTENERS`.
+const LISTENERS: usize = 1 << 61;
 /// Tokens with this bit name upstream links: bit 62, the link's
 /// generation above bit 32, its key below.
 const UPSTREAM: usize = 1 << 62;
@@ -78,7 +79,9 @@ enum Paused {
 struct Loop<H> {
     id: usize,
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// Usually one; more when inherited sockets outnumber the workers.
+    /// Emptied (deregistered and closed) when the drain begins.
+    listeners: Vec<TcpListener>,
     conns: Slab<Entry>,
     wheel: Wheel,
     scratch: Vec<u8>,
@@ -100,19 +103,24 @@ struct Loop<H> {
 }
 
 /// Runs one core's loop until shutdown completes.
-pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
+pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
+    let started = core.started.take();
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     core.shutdown.add_waker(waker);
-    let mut listener = TcpListener::from_std(core.listener);
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let mut listeners = Vec::new();
+    for (i, l) in core.listeners.into_iter().enumerate() {
+        let mut l = TcpListener::from_std(l);
+        poll.registry()
+            .register(&mut l, Token(LISTENERS | i), Interest::READABLE)?;
+        listeners.push(l);
+    }
     let now = Instant::now();
     let config = &core.config;
     let mut lp = Loop {
         id: core.id,
         poll,
-        listener: Some(listener),
+        listeners,
         conns: Slab::with_capacity(config.max_conns.min(4096)),
         wheel: Wheel::new(now),
         scratch: vec![0; config.read_buffer],
@@ -131,6 +139,9 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
         drain_deadline: None,
         draining_from: 0,
     };
+    if let Some(started) = started {
+        let _ = started.send(lp.id);
+    }
     lp.run()
 }
 
@@ -152,9 +163,9 @@ impl<H: Handler> Loop<H> {
             }
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
                     WAKER => {}
                     Token(t) if t & UPSTREAM != 0 => self.on_upstream(t, event),
+                    Token(t) if t & LISTENERS != 0 => self.accept(t & !LISTENERS),
                     Token(key) => self.on_event(key, event),
                 }
             }
@@ -163,7 +174,7 @@ impl<H: Handler> Loop<H> {
             self.run_touched();
             if let Paused::NoFiles(at) = self.paused {
                 if self.now >= at {
-                    self.accept();
+                    self.accept_all();
                 }
             }
             if let Some(report) = self.drain_done() {
@@ -196,7 +207,15 @@ impl<H: Handler> Loop<H> {
         timeout
     }
 
-    fn accept(&mut self) {
+    /// After a pause: every listener may hold connections (their edges
+    /// came while paused).
+    fn accept_all(&mut self) {
+        for i in 0..self.listeners.len() {
+            self.accept(i);
+        }
+    }
+
+    fn accept(&mut self, i: usize) {
         // Connections known to wait: the event promises one; when they run
         // out, the queue length is asked (one getsockopt per batch) instead
         // of paying for an accept that fails with EAGAIN.
@@ -206,7 +225,7 @@ impl<H: Handler> Loop<H> {
                 self.pause(Paused::Full);
                 return;
             }
-            let Some(listener) = &self.listener else {
+            let Some(listener) = self.listeners.get(i) else {
                 return;
             };
             match listener.accept() {
@@ -555,7 +574,7 @@ impl<H: Handler> Loop<H> {
         self.env.stats.active.sub(1);
         if self.paused == Paused::Full {
             self.paused = Paused::No;
-            self.accept();
+            self.accept_all();
         }
     }
 
@@ -620,16 +639,22 @@ impl<H: Handler> Loop<H> {
     fn begin_drain(&mut self) {
         self.drain_deadline = Some(self.now + self.shutdown_timeout);
         self.up.drain(&mut Watch(self.poll.registry()));
-        if let Some(mut listener) = self.listener.take() {
+        // Deregistered first: after a handoff the new process holds the
+        // same sockets, so closing our descriptors loses nothing queued.
+        for mut listener in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.draining_from = self.conns.len();
+        let until = self
+            .shutdown
+            .is_handoff()
+            .then(|| self.now + super::HANDOFF_IDLE);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let Some(entry) = self.conns.get_mut(key) else {
                 continue;
             };
-            entry.conn.handle_shutdown();
+            super::drain_one(&mut entry.conn, until);
             if entry.linger_until.is_none() {
                 entry.unread = true;
                 self.drive(key);

@@ -9,9 +9,12 @@
 //! Every backend exposes `run(Core, handler) -> io::Result<CoreReport>` and
 //! keeps these names in this order, so the files can be read side by side.
 //! Shutdown: each loop checks the shared flag once per turn and is woken
-//! through its waker; it closes its listener, reads what idle connections
-//! already hold, answers in-flight requests with `Connection: close`, and
-//! returns when its slab is empty or the drain deadline passes.
+//! through its waker; it stops accepting (cancels its accepts, or
+//! deregisters its listeners) and closes its descriptors of the listeners,
+//! reads what idle connections already hold, answers in-flight requests
+//! with `Connection: close`, and returns when its slab is empty or the
+//! drain deadline passes. In a handoff drain (an upgrade) idle connections
+//! get `HANDOFF_IDLE` to send one more request first.
 
 pub mod buf_ring;
 pub mod epoll;
@@ -25,13 +28,13 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_utils::CachePadded;
 
 use crate::config::Config;
 use crate::handler::Handler;
-use crate::http::{Ctx, DateCache, FileBody, Limits};
+use crate::http::{Conn, Ctx, DateCache, FileBody, Limits};
 use crate::metrics::CoreStats;
 use crate::pool::BufPool;
 use crate::shutdown::Shutdown;
@@ -43,14 +46,35 @@ pub struct Core {
     pub id: usize,
     /// The CPU it is pinned to, if pinned.
     pub cpu: Option<usize>,
-    /// This core's own listener (non-blocking, SO_REUSEPORT).
-    pub listener: TcpListener,
+    /// The listeners this core accepts from (non-blocking, SO_REUSEPORT):
+    /// its own, or more or shared ones when inherited sockets and workers
+    /// differ in number.
+    pub listeners: Vec<TcpListener>,
     /// The server's configuration.
     pub config: Arc<Config>,
     /// This core's counters.
     pub stats: Arc<CachePadded<CoreStats>>,
     /// The shared shutdown flag.
     pub shutdown: Shutdown,
+    /// Told this core's index once its loop is about to start (every
+    /// listener registered or its accept queued), then dropped.
+    pub started: Option<std::sync::mpsc::Sender<usize>>,
+}
+
+/// In a handoff drain (a binary upgrade), how long an idle connection
+/// waits for one more request, answered with `Connection: close`, before
+/// it closes. A client sending a stream of requests sends its next one
+/// well within this, so it moves to the new process without its
+/// connection closing under a request in flight.
+pub const HANDOFF_IDLE: Duration = Duration::from_secs(1);
+
+/// Tells a connection the drain began: a handoff (`until`: when an idle
+/// one closes) or a plain stop.
+fn drain_one(conn: &mut Conn, until: Option<Instant>) {
+    match until {
+        Some(until) => conn.handle_handoff(until),
+        None => conn.handle_shutdown(),
+    }
 }
 
 /// How a core's loop ended.

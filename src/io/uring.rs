@@ -301,8 +301,12 @@ struct Loop<'r, H> {
     ring: &'r IoUring,
     submitter: Submitter<'r>,
     bufs: &'r mut BufRing,
-    listener: Option<TcpListener>,
-    accept_armed: bool,
+    /// Usually one; more when inherited sockets outnumber the workers.
+    listeners: Vec<TcpListener>,
+    /// Per listener: its multishot accept is in the ring.
+    accepting: Vec<bool>,
+    /// The accepts were cancelled (connection limit) and not re-armed yet.
+    accept_cancelled: bool,
     accept_retry: Option<Instant>,
     /// Out of descriptors since the last successful accept (logged once).
     nofile: bool,
@@ -329,10 +333,14 @@ struct Loop<'r, H> {
     drain_deadline: Option<Instant>,
     drain_sweep: bool,
     draining_from: usize,
+    /// A handoff drain: idle connections wait this long for one more
+    /// request (`Conn::handle_handoff`).
+    handoff_until: Option<Instant>,
 }
 
 /// Runs one core's loop until shutdown completes.
-pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
+pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
+    let started = core.started.take();
     let config = core.config.clone();
     // Declared before the ring, so dropped after it. With the ring fd
     // unregistered (teardown), closing `ring` ends the io_uring instance,
@@ -362,8 +370,9 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
         ring: &ring,
         submitter,
         bufs: &mut bufs,
-        listener: Some(core.listener),
-        accept_armed: false,
+        accepting: vec![false; core.listeners.len()],
+        listeners: core.listeners,
+        accept_cancelled: false,
         accept_retry: None,
         nofile: false,
         wake,
@@ -386,9 +395,13 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
         drain_deadline: None,
         drain_sweep: false,
         draining_from: 0,
+        handoff_until: None,
     };
     lp.arm_accept();
     lp.arm_wake();
+    if let Some(started) = started {
+        let _ = started.send(lp.id);
+    }
     let report = lp.run();
     let bufs_in_use = lp.teardown();
     drop(lp);
@@ -397,6 +410,15 @@ pub fn run<H: Handler>(core: Core, handler: H) -> io::Result<CoreReport> {
         std::mem::forget(bufs);
     }
     report
+}
+
+/// The user data of listener `key`'s multishot accept.
+fn accept_op(key: usize) -> UserData {
+    UserData {
+        op: Op::Accept,
+        gen: 0,
+        key,
+    }
 }
 
 /// Room for a full completion queue, written once now: a batch larger
@@ -516,9 +538,10 @@ impl<H: Handler> Loop<'_, H> {
         push_entry(self.ring, &self.submitter, &self.env.stats, entry, ud)
     }
 
-    /// Cancels a core-wide operation (the accept, the wake-up poll).
-    fn cancel_core(&mut self, op: Op) {
-        let cancel = opcode::AsyncCancel::new(UserData::core(op).encode()).build();
+    /// Cancels a core-wide operation (an accept, the wake-up poll).
+    fn cancel_core(&mut self, target: UserData) {
+        let op = target.op;
+        let cancel = opcode::AsyncCancel::new(target.encode()).build();
         let ud = UserData {
             op: Op::Cancel,
             gen: 0,
@@ -569,7 +592,7 @@ impl<H: Handler> Loop<'_, H> {
                 continue;
             };
             match ud.op {
-                Op::Accept => self.on_accept(res, flags),
+                Op::Accept => self.on_accept(ud.key, res, flags),
                 Op::Recv => self.on_recv(ud, res, flags),
                 Op::Send => self.on_send(ud, res),
                 Op::Read => self.on_read(ud, res),
@@ -600,31 +623,51 @@ impl<H: Handler> Loop<'_, H> {
         }
     }
 
+    /// Arms a multishot accept on every listener that has none.
     fn arm_accept(&mut self) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
-        if self.drain_deadline.is_some() || self.accept_armed || self.conns.len() >= self.max_conns
-        {
+        if self.drain_deadline.is_some() || self.conns.len() >= self.max_conns {
             return;
         }
-        let fd = listener.as_raw_fd();
-        // Non-blocking, for the one call the loop makes itself (sendfile);
-        // the ring's own socket operations still wait by polling.
-        let sqe = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-            .build();
-        if self.push(sqe, UserData::core(Op::Accept)).is_ok() {
-            self.accept_armed = true;
+        self.accept_cancelled = false;
+        for key in 0..self.listeners.len() {
+            if self.accepting[key] {
+                continue;
+            }
+            // Non-blocking, for the one call the loop makes itself
+            // (sendfile); the ring's own socket operations wait by polling.
+            let fd = self.listeners[key].as_raw_fd();
+            let sqe = opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                .build();
+            if self.push(sqe, accept_op(key)).is_ok() {
+                self.accepting[key] = true;
+            }
         }
     }
 
-    fn on_accept(&mut self, res: i32, flags: u32) {
+    fn accept_armed(&self) -> bool {
+        self.accepting.iter().any(|&a| a)
+    }
+
+    fn cancel_accepts(&mut self) {
+        self.accept_cancelled = true;
+        for key in 0..self.accepting.len() {
+            if self.accepting[key] {
+                self.cancel_core(accept_op(key));
+            }
+        }
+    }
+
+    fn on_accept(&mut self, key: usize, res: i32, flags: u32) {
         if !cqueue::more(flags) {
-            self.accept_armed = false;
-            if self.drain_deadline.is_some() {
-                // The cancelled accept is reaped: the listener can close.
-                self.listener = None;
+            if let Some(armed) = self.accepting.get_mut(key) {
+                *armed = false;
+            }
+            if self.drain_deadline.is_some() && !self.accept_armed() {
+                // Every cancelled accept is reaped: our descriptors can
+                // close (after a handoff, the sockets live on in the new
+                // process, which holds the same ones).
+                self.listeners.clear();
             }
         }
         if res >= 0 {
@@ -655,23 +698,24 @@ impl<H: Handler> Loop<'_, H> {
             );
         }
         if self.conns.len() >= self.max_conns {
-            if self.accept_armed {
+            if self.accept_armed() && !self.accept_cancelled {
                 log::warn!(
                     "core {}: {} connections open (--max-conns): not accepting until one closes",
                     self.id,
                     self.conns.len()
                 );
-                self.cancel_core(Op::Accept);
+                self.cancel_accepts();
             }
-        } else if !self.accept_armed && self.accept_retry.is_none() {
+        } else if self.accept_retry.is_none() {
             self.arm_accept();
         }
     }
 
+    /// Takes an accepted connection. One that completes after the drain
+    /// began (its accept raced the cancel) is served like the others,
+    /// never dropped: closing it would reset a client the kernel already
+    /// told it was connected.
     fn add(&mut self, fd: OwnedFd) {
-        if self.drain_deadline.is_some() {
-            return;
-        }
         self.next_gen = self.next_gen.wrapping_add(1) & 0xff_ffff;
         let key = self.conns.insert(Entry {
             fd,
@@ -694,6 +738,11 @@ impl<H: Handler> Loop<'_, H> {
         });
         self.env.stats.accepted.inc();
         self.env.stats.active.inc();
+        if let Some(e) = self.conns.get_mut(key) {
+            if self.drain_deadline.is_some() {
+                super::drain_one(&mut e.conn, self.handoff_until);
+            }
+        }
         self.arm_recv(key);
         self.arm(key);
     }
@@ -1230,7 +1279,7 @@ impl<H: Handler> Loop<'_, H> {
         }
         self.env.stats.closed.inc();
         self.env.stats.active.sub(1);
-        if !self.accept_armed && self.accept_retry.is_none() {
+        if self.accept_retry.is_none() {
             self.arm_accept();
         }
     }
@@ -1285,12 +1334,17 @@ impl<H: Handler> Loop<'_, H> {
         self.drain_deadline = Some(self.now + self.shutdown_timeout);
         self.drain_sweep = true;
         self.with_upstreams(|up, r, _, _| up.drain(r));
-        if self.accept_armed {
-            self.cancel_core(Op::Accept);
+        self.cancel_accepts();
+        if self.accepting.is_empty() {
+            self.listeners.clear();
         }
         self.draining_from = self.conns.len();
+        self.handoff_until = self
+            .shutdown
+            .is_handoff()
+            .then(|| self.now + super::HANDOFF_IDLE);
         for (_, e) in self.conns.iter_mut() {
-            e.conn.handle_shutdown();
+            super::drain_one(&mut e.conn, self.handoff_until);
         }
     }
 
@@ -1299,10 +1353,10 @@ impl<H: Handler> Loop<'_, H> {
         for key in keys {
             self.mark(key);
         }
-        // The listener closes once its accept is cancelled (or now, if the
-        // cancel already completed).
-        if !self.accept_armed {
-            self.listener = None;
+        // The listeners close once their accepts are cancelled (or now, if
+        // the cancels already completed).
+        if !self.accept_armed() {
+            self.listeners.clear();
         }
     }
 
@@ -1329,12 +1383,10 @@ impl<H: Handler> Loop<'_, H> {
         for key in keys {
             self.begin_close(key);
         }
-        if self.accept_armed {
-            self.cancel_core(Op::Accept);
-        }
-        self.cancel_core(Op::Wake);
+        self.cancel_accepts();
+        self.cancel_core(UserData::core(Op::Wake));
         let give_up = Instant::now() + Duration::from_secs(2);
-        while (!self.conns.is_empty() || self.accept_armed) && Instant::now() < give_up {
+        while (!self.conns.is_empty() || self.accept_armed()) && Instant::now() < give_up {
             let ts = types::Timespec::from(Duration::from_millis(10));
             let args = types::SubmitArgs::new().timespec(&ts);
             let _ = self.submitter.submit_with_args(1, &args);
@@ -1346,7 +1398,7 @@ impl<H: Handler> Loop<'_, H> {
         }
         // Closes queued by the last releases run inside this enter.
         let _ = self.submitter.submit();
-        self.listener = None;
+        self.listeners.clear();
         let mut bufs_in_use = false;
         if let Err(e) = self.bufs.unregister(&self.submitter) {
             log::debug!("core {}: unregister buffer ring: {e}", self.id);
