@@ -16,7 +16,9 @@ use crate::{logging, topology};
 
 /// A thread-per-core HTTP/1.1 server.
 #[derive(Parser, Debug)]
-#[command(name = "coreloop", version, about, long_about = None)]
+// A flag given twice takes its last value, so a wrapper can append
+// overrides to the arguments it passes on (`exec coreloop "$@" --workers 4`).
+#[command(name = "coreloop", version, about, long_about = None, args_override_self = true)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
