@@ -87,6 +87,10 @@ pub struct Args {
     /// worker accepts; past it, it is stopped and this one keeps serving.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     upgrade_timeout: Duration,
+    /// Write the process ID here once every worker accepts (for
+    /// `kill -USR2 $(cat FILE)`); an upgrade's new process replaces it.
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<PathBuf>,
     /// Event-loop backend: auto tries io_uring and falls back to epoll.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
@@ -294,6 +298,7 @@ impl Args {
             shutdown_timeout: self.shutdown_timeout,
             drain_delay: self.drain_delay,
             upgrade_timeout: self.upgrade_timeout,
+            pid_file: self.pid_file.clone(),
             linger_timeout: self.linger_timeout,
             read_buffer: size("read-buffer", self.read_buffer)?,
             backend: match self.backend {

@@ -74,6 +74,10 @@ pub struct Config {
     /// that every worker accepts; past it, the new process is stopped and
     /// this one keeps serving. Default 10 s.
     pub upgrade_timeout: Duration,
+    /// Where to write the process ID once every worker accepts (replaced
+    /// by the new process on an upgrade; removed at exit if still ours).
+    /// Default none.
+    pub pid_file: Option<std::path::PathBuf>,
     /// After the last response on a closing connection, how long to keep
     /// reading (and dropping) what the peer still sends, so the response is
     /// not destroyed by a TCP reset. Default 2 s.
@@ -212,6 +216,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
             upgrade_timeout: Duration::from_secs(10),
+            pid_file: None,
             linger_timeout: Duration::from_secs(2),
             read_buffer: 64 * 1024,
             backend: Backend::Auto,

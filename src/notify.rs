@@ -1,7 +1,7 @@
 //! Telling others how the server is doing: the process that started an
-//! upgrade (a byte on an inherited pipe, `CORELOOP_READY_FD`) and systemd
-//! (`sd_notify` datagrams to `NOTIFY_SOCKET`). Both are optional; nothing
-//! here blocks or fails the server.
+//! upgrade (a byte on an inherited pipe, `CORELOOP_READY_FD`), systemd
+//! (`sd_notify` datagrams to `NOTIFY_SOCKET`) and `--pid-file`. All are
+//! optional; nothing here blocks or fails the server.
 
 #![allow(unsafe_code)]
 
@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use nix::libc;
@@ -21,11 +22,13 @@ pub const READY_FD_VAR: &str = "CORELOOP_READY_FD";
 pub struct Notifier {
     ready_pipe: Mutex<Option<File>>,
     socket: Option<String>,
+    pid_file: Option<PathBuf>,
 }
 
 impl Notifier {
-    /// Reads (and removes) `CORELOOP_READY_FD` and reads `NOTIFY_SOCKET`.
-    pub fn from_env() -> Notifier {
+    /// Reads (and removes) `CORELOOP_READY_FD` and reads `NOTIFY_SOCKET`;
+    /// `pid_file` gets our PID once we are ready.
+    pub fn from_env(pid_file: Option<PathBuf>) -> Notifier {
         let ready_pipe = std::env::var(READY_FD_VAR)
             .ok()
             .and_then(|v| v.parse::<RawFd>().ok())
@@ -45,6 +48,7 @@ impl Notifier {
             socket: std::env::var("NOTIFY_SOCKET")
                 .ok()
                 .filter(|s| !s.is_empty()),
+            pid_file,
         }
     }
 
@@ -62,7 +66,23 @@ impl Notifier {
                 log::warn!("cannot tell the old process we are ready: {e}");
             }
         }
+        if let Some(path) = &self.pid_file {
+            if let Err(e) = write_pid(path) {
+                log::warn!("--pid-file {}: {e}", path.display());
+            }
+        }
         self.send(&format!("MAINPID={}\nREADY=1", std::process::id()));
+    }
+
+    /// The process ends: removes the PID file if it still names us (after
+    /// an upgrade it names the new process).
+    pub fn exiting(&self) {
+        let Some(path) = &self.pid_file else { return };
+        let ours =
+            std::fs::read_to_string(path).is_ok_and(|t| t.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// An upgrade began (systemd shows "reloading" until a READY=1).
@@ -89,6 +109,15 @@ impl Notifier {
             log::debug!("sd_notify {path}: {e}");
         }
     }
+}
+
+/// Written whole under another name, then renamed: a reader never sees
+/// half a PID.
+fn write_pid(path: &Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, path)
 }
 
 fn send_to(path: &str, state: &str) -> std::io::Result<()> {
@@ -136,6 +165,7 @@ mod tests {
         let n = Notifier {
             ready_pipe: Mutex::new(None),
             socket: Some(dir.to_string_lossy().into_owned()),
+            pid_file: None,
         };
         n.ready();
         let mut buf = [0u8; 256];

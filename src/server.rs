@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -15,7 +15,7 @@ use crossbeam_utils::CachePadded;
 use crate::config::{Backend, Config};
 use crate::handler::Handler;
 use crate::io::{self as backend, Core, CoreReport};
-use crate::listener::inherit::{self, Inherited, Source};
+use crate::listener::inherit::{self, Handed, Inherited, Source};
 use crate::metrics::{CoreStats, StatsLine};
 use crate::notify::Notifier;
 use crate::shutdown::Shutdown;
@@ -105,8 +105,8 @@ pub struct Bound {
     config: Arc<Config>,
     /// (CPU to pin to, listeners) per core.
     cores: Vec<(Option<usize>, Vec<TcpListener>)>,
-    /// Each listening socket once (descriptor, address), for an upgrade.
-    sockets: Vec<(RawFd, SocketAddr)>,
+    /// Each listening socket once, for an upgrade.
+    sockets: Vec<Handed>,
     local_addr: SocketAddr,
     notifier: Arc<Notifier>,
     shutdown: Shutdown,
@@ -133,16 +133,25 @@ impl Server {
         let config = self.config;
         config.validate().map_err(Error::Config)?;
         // Both read (and remove) their variables before any thread starts.
-        let notifier = Arc::new(Notifier::from_env());
+        let notifier = Arc::new(Notifier::from_env(config.pid_file.clone()));
         let inherited = inherit::take().map_err(|e| Error::Inherit(e.to_string()))?;
         let backend = choose_backend(&config)?;
         let cpus = plan_cpus(&config)?;
         check_nofile(&config, cpus.len());
+        let activated = matches!(inherited, Some((Source::Systemd, _)));
         let (sockets, addr) = match inherited {
             Some((source, list)) => adopt(&config, source, list)?,
             None => bind_fresh(&config, cpus.len())?,
         };
-        let handoff = sockets.iter().map(|l| (l.as_raw_fd(), addr)).collect();
+        let handoff = sockets
+            .iter()
+            .map(|l| Handed {
+                fd: l.as_raw_fd(),
+                addr,
+                reuse_port: socket2::SockRef::from(l).reuse_port().unwrap_or(false),
+                activated,
+            })
+            .collect();
         let per_core = spread(sockets, cpus.len())?;
         let cores: Vec<_> = cpus.into_iter().zip(per_core).collect();
         let stats = cores
@@ -279,6 +288,7 @@ impl Bound {
         if let Some(Ok(thread)) = stats_thread {
             let _ = thread.join();
         }
+        self.notifier.exiting();
         match failure {
             Some(e) => Err(e),
             None => Ok(report),

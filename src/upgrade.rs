@@ -14,7 +14,6 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -27,7 +26,7 @@ use nix::libc;
 use signal_hook::consts::SIGUSR2;
 use signal_hook::iterator::Signals;
 
-use crate::listener::inherit::{self, LISTENERS_VAR};
+use crate::listener::inherit::{self, Handed, LISTENERS_VAR};
 use crate::notify::{Notifier, READY_FD_VAR};
 use crate::shutdown::Shutdown;
 
@@ -72,7 +71,7 @@ pub struct Upgrader {
     args: Vec<OsString>,
     /// One per socket (not per descriptor): the new process names them
     /// by address and index.
-    sockets: Vec<(RawFd, SocketAddr)>,
+    sockets: Vec<Handed>,
     timeout: Duration,
     /// How long a stopped new process may drain before it is killed.
     stop_grace: Duration,
@@ -83,7 +82,7 @@ impl Upgrader {
     /// Reads this process's path and arguments; `sockets` stay open for as
     /// long as the cores serve (their descriptors belong to the cores).
     pub fn new(
-        sockets: Vec<(RawFd, SocketAddr)>,
+        sockets: Vec<Handed>,
         timeout: Duration,
         stop_grace: Duration,
         notifier: Arc<Notifier>,
@@ -102,7 +101,9 @@ impl Upgrader {
 
     /// Starts a thread that runs an upgrade on each SIGUSR2 until one
     /// succeeds, then hands off (the cores drain). A SIGUSR2 that comes
-    /// during an upgrade, or once shutdown began, is refused with a log line.
+    /// during an upgrade, or once shutdown began, is refused with a log
+    /// line (the handler stays installed: SIGUSR2's default action would
+    /// kill a draining process).
     pub fn handle_signal(self, shutdown: Shutdown) -> io::Result<()> {
         let mut signals = Signals::new([SIGUSR2])?;
         thread::Builder::new()
@@ -112,7 +113,7 @@ impl Upgrader {
                     return;
                 }
                 if !shutdown.is_ready() {
-                    log::warn!("SIGUSR2: shutting down already; no upgrade");
+                    log::warn!("SIGUSR2: shutting down or handed over already; no upgrade");
                     continue;
                 }
                 log::info!("SIGUSR2: upgrading: starting {}", self.exe.display());
@@ -127,7 +128,6 @@ impl Upgrader {
                             "upgrade: process {pid} accepts on every listener; draining (old process)"
                         );
                         shutdown.hand_off();
-                        return;
                     }
                     Err(e) => {
                         log::error!("upgrade failed, still serving: {e}");
@@ -142,7 +142,7 @@ impl Upgrader {
     pub fn run(&self) -> Result<u32, Error> {
         let (read_end, write_end) = pipe()?;
         let write_fd = write_end.as_raw_fd();
-        let mut keep: Vec<RawFd> = self.sockets.iter().map(|&(fd, _)| fd).collect();
+        let mut keep: Vec<RawFd> = self.sockets.iter().map(|h| h.fd).collect();
         keep.push(write_fd);
         let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args)

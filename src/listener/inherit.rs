@@ -16,7 +16,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::libc;
 use socket2::{Protocol, Socket, Type};
 
-/// `fd=address/worker;...`: the sockets an upgrading parent hands over.
+/// `fd=address/index;...`: the sockets an upgrading parent hands over.
+/// Flags may follow the index: `:shared`, a socket without SO_REUSEPORT
+/// (shared by every worker); `:activated`, a socket systemd made (its
+/// address, not the flags', is the one served).
 pub const LISTENERS_VAR: &str = "CORELOOP_LISTENERS";
 
 /// Who handed the sockets over.
@@ -56,7 +59,7 @@ impl std::error::Error for Error {}
 /// variables that named them.
 pub fn take() -> Result<Option<(Source, Vec<Inherited>)>, Error> {
     if let Some(list) = take_var(LISTENERS_VAR) {
-        return upgrade(&list).map(|l| Some((Source::Upgrade, l)));
+        return upgrade(&list).map(Some);
     }
     let fds = take_var("LISTEN_FDS");
     let pid = take_var("LISTEN_PID");
@@ -78,17 +81,32 @@ fn take_var(name: &str) -> Option<String> {
 }
 
 /// Parses `3=127.0.0.1:8080/0;4=127.0.0.1:8080/1` and checks each socket:
-/// listening TCP with SO_REUSEPORT, on the address its name says.
-fn upgrade(list: &str) -> Result<Vec<Inherited>, Error> {
+/// listening TCP on the address its name says, with SO_REUSEPORT unless
+/// the name says `:shared`. Sockets systemd made stay `Source::Systemd`.
+fn upgrade(list: &str) -> Result<(Source, Vec<Inherited>), Error> {
     let mut out = Vec::new();
+    let mut source = Source::Upgrade;
     for item in list.split(';').filter(|s| !s.is_empty()) {
         let bad = || Error(format!("{LISTENERS_VAR}: bad entry {item:?}"));
         let (fd, name) = item.split_once('=').ok_or_else(bad)?;
         let fd: RawFd = fd.parse().map_err(|_| bad())?;
-        let (addr, _worker) = name.rsplit_once('/').ok_or_else(bad)?;
+        let (addr, index) = name.rsplit_once('/').ok_or_else(bad)?;
         let addr: SocketAddr = addr.parse().map_err(|_| bad())?;
+        let mut flags = index.split(':');
+        flags
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .ok_or_else(bad)?;
+        let mut shared = false;
+        for flag in flags {
+            match flag {
+                "shared" => shared = true,
+                "activated" => source = Source::Systemd,
+                _ => return Err(bad()),
+            }
+        }
         let socket = adopt(fd, name)?;
-        if !socket.reuse_port().unwrap_or(false) {
+        if !shared && !socket.reuse_port().unwrap_or(false) {
             return Err(Error(format!(
                 "inherited socket {name} (fd {fd}) lacks SO_REUSEPORT"
             )));
@@ -98,7 +116,7 @@ fn upgrade(list: &str) -> Result<Vec<Inherited>, Error> {
     if out.is_empty() {
         return Err(Error(format!("{LISTENERS_VAR} names no socket")));
     }
-    Ok(out)
+    Ok((source, out))
 }
 
 /// systemd passes LISTEN_FDS descriptors from 3 on, named by
@@ -183,15 +201,35 @@ fn finish(socket: Socket, name: &str, expect: Option<SocketAddr>) -> Result<Inhe
     })
 }
 
-/// The value of `CORELOOP_LISTENERS` that hands `listeners` (descriptor,
-/// address, worker index) to a child.
-pub fn describe(listeners: &[(RawFd, SocketAddr)]) -> String {
+/// One socket to hand over: its descriptor, address, and whether it has
+/// SO_REUSEPORT (the child checks that it still does).
+#[derive(Clone, Copy, Debug)]
+pub struct Handed {
+    /// The descriptor (kept open by the cores while they serve).
+    pub fd: RawFd,
+    /// Its local address.
+    pub addr: SocketAddr,
+    /// SO_REUSEPORT is set (always, for sockets coreloop bound).
+    pub reuse_port: bool,
+    /// systemd made it (this process or one before it was activated).
+    pub activated: bool,
+}
+
+/// The value of `CORELOOP_LISTENERS` that hands `sockets` to a child,
+/// each named by address and index.
+pub fn describe(sockets: &[Handed]) -> String {
     let mut out = String::new();
-    for (worker, (fd, addr)) in listeners.iter().enumerate() {
+    for (index, h) in sockets.iter().enumerate() {
         if !out.is_empty() {
             out.push(';');
         }
-        out.push_str(&format!("{fd}={addr}/{worker}"));
+        out.push_str(&format!("{}={}/{index}", h.fd, h.addr));
+        if !h.reuse_port {
+            out.push_str(":shared");
+        }
+        if h.activated {
+            out.push_str(":activated");
+        }
     }
     out
 }
@@ -204,9 +242,23 @@ mod tests {
     fn names_round_trip() {
         let a: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let b: SocketAddr = "[::1]:80".parse().unwrap();
+        let handed = [
+            Handed {
+                fd: 3,
+                addr: a,
+                reuse_port: true,
+                activated: false,
+            },
+            Handed {
+                fd: 9,
+                addr: b,
+                reuse_port: false,
+                activated: true,
+            },
+        ];
         assert_eq!(
-            describe(&[(3, a), (9, b)]),
-            "3=127.0.0.1:8080/0;9=[::1]:80/1"
+            describe(&handed),
+            "3=127.0.0.1:8080/0;9=[::1]:80/1:shared:activated"
         );
     }
 
@@ -219,7 +271,14 @@ mod tests {
         let fd = std::os::fd::IntoRawFd::into_raw_fd(s);
         let err = adopt(fd, "conn").unwrap_err().to_string();
         assert!(err.contains("not listening"), "{err}");
-        let err = upgrade("x=1").unwrap_err().to_string();
-        assert!(err.contains("bad entry"), "{err}");
+        for bad in [
+            "x=1",
+            "3=127.0.0.1:80/x",
+            "3=127.0.0.1:80/0:odd",
+            "3=nowhere/0",
+        ] {
+            let err = upgrade(bad).unwrap_err().to_string();
+            assert!(err.contains("bad entry"), "{bad}: {err}");
+        }
     }
 }
