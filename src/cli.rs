@@ -1,12 +1,15 @@
 //! Command-line flags: parsed with clap into a `Config`. A bad value prints
 //! one line and exits 2 (clap's convention, kept for our own checks too).
 
+mod file;
+
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::config::{Backend, Balance, Config, ProxyLimits, UpstreamGroup};
 use crate::handler::{self, FilesConfig, SiteConfig};
@@ -185,6 +188,12 @@ pub struct Args {
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
+    /// Read flags from this TOML file (keys are the long flags: `port =
+    /// 8080`, `no-files = true`); flags on the command line win. SIGHUP
+    /// then re-reads it through an upgrade (a bad file is refused and this
+    /// process keeps serving).
+    #[arg(long = "config", value_name = "FILE")]
+    config_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -313,6 +322,7 @@ impl Args {
             sqpoll_cpu: self.sqpoll_cpu,
             ring_batch: self.ring_batch.map(|n| (n, self.ring_batch_wait)),
             handle_signals: true,
+            upgrade_on_hup: self.config_file.is_some(),
             stats_interval: self.stats,
             upstreams: self
                 .proxy
@@ -377,7 +387,13 @@ impl Args {
 /// The binary: flags -> config -> serve the built-in routes. Exit 0 after a
 /// graceful shutdown, 2 for bad flags, 1 when the server fails.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match parse(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(msg) => {
+            eprintln!("coreloop: error: {msg}");
+            return ExitCode::from(2);
+        }
+    };
     logging::init(args.log_level());
     let (config, site) = match args.config().and_then(|c| Ok((c, args.site()?))) {
         Ok(both) => both,
@@ -413,6 +429,17 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The flags, with `--config FILE`'s in front of the command line's.
+/// Clap's own errors (and --help, --version) exit here, as `Args::parse`.
+pub fn parse(argv: Vec<OsString>) -> Result<Args, String> {
+    let matches = Args::command().get_matches_from(&argv);
+    let Some(path) = matches.get_one::<PathBuf>("config_file") else {
+        return Args::from_arg_matches(&matches).map_err(|e| e.to_string());
+    };
+    let merged = file::merge(&argv, &matches, path)?;
+    Ok(Args::parse_from(merged))
 }
 
 /// `10s`, `500ms`, `2m`, `1h`, or plain seconds.

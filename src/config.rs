@@ -113,6 +113,9 @@ pub struct Config {
     /// that handles signals itself turns it off and calls
     /// `Shutdown::trigger`.
     pub handle_signals: bool,
+    /// SIGHUP upgrades as SIGUSR2 does (the new process re-reads the
+    /// configuration file). Default false: SIGHUP keeps its default action.
+    pub upgrade_on_hup: bool,
     /// Print one line of per-core figures (req/s, open connections, new
     /// errors) to stdout at this interval. Default off; for watching a
     /// tuning knob take effect live.
@@ -227,6 +230,7 @@ impl Default for Config {
             sqpoll_cpu: None,
             ring_batch: None,
             handle_signals: true,
+            upgrade_on_hup: false,
             stats_interval: None,
             upstreams: Vec::new(),
             proxy: ProxyLimits::default(),

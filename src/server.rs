@@ -217,7 +217,7 @@ impl Bound {
                 self.config.shutdown_timeout + Duration::from_secs(1),
                 self.notifier.clone(),
             )
-            .and_then(|u| u.handle_signal(self.shutdown.clone()))
+            .and_then(|u| u.handle_signal(self.shutdown.clone(), self.config.upgrade_on_hup))
             .map_err(setup)?;
         }
         let (started, started_rx) = std::sync::mpsc::channel();

@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::libc;
-use signal_hook::consts::SIGUSR2;
+use signal_hook::consts::{SIGHUP, SIGUSR2};
 use signal_hook::iterator::Signals;
 
 use crate::listener::inherit::{self, Handed, LISTENERS_VAR};
@@ -104,23 +104,31 @@ impl Upgrader {
     /// during an upgrade, or once shutdown began, is refused with a log
     /// line (the handler stays installed: SIGUSR2's default action would
     /// kill a draining process).
-    pub fn handle_signal(self, shutdown: Shutdown) -> io::Result<()> {
-        let mut signals = Signals::new([SIGUSR2])?;
+    /// With `hup`, SIGHUP does the same (a new configuration file is read
+    /// by the new process; if it is bad, that process exits and this one
+    /// keeps serving).
+    pub fn handle_signal(self, shutdown: Shutdown, hup: bool) -> io::Result<()> {
+        let mut signals = Signals::new(if hup {
+            &[SIGUSR2, SIGHUP][..]
+        } else {
+            &[SIGUSR2]
+        })?;
         thread::Builder::new()
             .name("coreloop-upgrade".into())
             .spawn(move || loop {
-                if signals.forever().next().is_none() {
+                let Some(signal) = signals.forever().next() else {
                     return;
-                }
+                };
+                let name = if signal == SIGHUP { "SIGHUP" } else { "SIGUSR2" };
                 if !shutdown.is_ready() {
-                    log::warn!("SIGUSR2: shutting down or handed over already; no upgrade");
+                    log::warn!("{name}: shutting down or handed over already; no upgrade");
                     continue;
                 }
-                log::info!("SIGUSR2: upgrading: starting {}", self.exe.display());
+                log::info!("{name}: upgrading: starting {}", self.exe.display());
                 self.notifier.reloading();
                 let result = self.run();
                 for _ in signals.pending() {
-                    log::warn!("SIGUSR2 during an upgrade: ignored (one upgrade at a time)");
+                    log::warn!("a signal to upgrade during an upgrade: ignored (one at a time)");
                 }
                 match result {
                     Ok(pid) => {

@@ -657,3 +657,101 @@ fn negative_control_naive_upgrade_loses_requests() {
         naive_upgrades_lose_requests(backend);
     }
 }
+
+fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = connect(addr).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    read_response(&mut s, &mut Vec::new())
+        .ok()
+        .map(|(status, _)| status)
+}
+
+/// `--config FILE`: SIGHUP starts a new process that reads the file again;
+/// a bad file is refused (the new process exits naming the line) and the
+/// old process keeps serving.
+#[test]
+fn sighup_rereads_the_config_file() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let builds = Builds::new("hup");
+    let file = builds.dir.join("coreloop.toml");
+    let write = |metrics: &str, extra: &str| {
+        let text = format!(
+            "# coreloop\nport = 0\nworkers = 1\nno-pin = true\nno-files = true\n\
+             metrics-path = \"{metrics}\"\n{extra}"
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write("/m1", "");
+    let logs = Logs::default();
+    let args = vec!["--config".to_string(), file.display().to_string()];
+    let mut first = start(&builds.slot(), &args, &logs);
+    let ready = logs
+        .wait_for(0, "ready: 1 workers accepting on", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("server did not start:\n{}", logs.dump()));
+    let (addr, old) = (addr_of(&ready), pid_of(&ready));
+    let reaper = Reaper::default();
+    reaper.track(old);
+    assert_eq!(get_status(addr, "/m1"), Some(200));
+
+    write("/m2", "");
+    let mark = logs.len();
+    signal(old, nix::sys::signal::Signal::SIGHUP);
+    let line = logs
+        .wait_for(
+            mark,
+            &format!("coreloop[{old}]: info: upgrade: process"),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("no handoff on SIGHUP:\n{}", logs.dump()));
+    let new: u32 = line
+        .split("process ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    reaper.track(new);
+    assert!(
+        first.wait().unwrap().success(),
+        "the old process drains and exits 0"
+    );
+    assert_eq!(
+        get_status(addr, "/m2"),
+        Some(200),
+        "the new file is in force"
+    );
+    assert_eq!(get_status(addr, "/m1"), Some(404));
+
+    write("/m3", "nonsense = 1\n");
+    let mark = logs.len();
+    signal(new, nix::sys::signal::Signal::SIGHUP);
+    logs.wait_for(
+        mark,
+        &format!("coreloop[{new}]: error: upgrade failed"),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("a bad file was not refused:\n{}", logs.dump()));
+    assert!(
+        logs.wait_for(
+            mark,
+            "coreloop.toml:7: nonsense: unknown key",
+            Duration::from_secs(1)
+        )
+        .is_some(),
+        "the error names the line and key:\n{}",
+        logs.dump()
+    );
+    assert_eq!(
+        get_status(addr, "/m2"),
+        Some(200),
+        "the old configuration still serves"
+    );
+    signal(new, nix::sys::signal::Signal::SIGTERM);
+    assert!((0..200).any(|_| {
+        thread::sleep(Duration::from_millis(25));
+        exited(new)
+    }));
+}
