@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-use crate::config::{Backend, Balance, Config, ProxyLimits, UpstreamGroup};
+use crate::config::{Backend, Balance, Config, Network, ProxyLimits, UpstreamGroup};
 use crate::handler::{self, FilesConfig, SiteConfig};
 use crate::http::Limits;
 use crate::server::{Error, Server};
@@ -185,6 +185,11 @@ pub struct Args {
     /// Upstream: how each request picks a server of its group.
     #[arg(long, value_enum, default_value_t = BalanceArg::LeastOutstanding)]
     upstream_balance: BalanceArg,
+    /// PROXY protocol (v1 and v2) from these networks only, e.g.
+    /// 10.0.0.0/8,192.168.1.10: their connections must open with a PROXY
+    /// header; connections from elsewhere are closed.
+    #[arg(long, value_name = "NETS", value_parser = parse_networks)]
+    proxy_protocol: Option<Networks>,
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
@@ -252,6 +257,17 @@ fn parse_upstream_url(url: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("--proxy upstream {url:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("--proxy upstream {url:?}: no address"))
+}
+
+/// A parsed `--proxy-protocol` list (a newtype: clap sees one value).
+#[derive(Clone, Debug)]
+struct Networks(Vec<Network>);
+
+fn parse_networks(text: &str) -> Result<Networks, String> {
+    text.split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<Network>, String>>()
+        .map(Networks)
 }
 
 /// A parsed `--cpus` list. A newtype, so clap sees one value, not many.
@@ -323,6 +339,7 @@ impl Args {
             ring_batch: self.ring_batch.map(|n| (n, self.ring_batch_wait)),
             handle_signals: true,
             upgrade_on_hup: self.config_file.is_some(),
+            proxy_protocol: self.proxy_protocol.as_ref().map(|n| n.0.clone()),
             stats_interval: self.stats,
             upstreams: self
                 .proxy

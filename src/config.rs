@@ -113,6 +113,12 @@ pub struct Config {
     /// that handles signals itself turns it off and calls
     /// `Shutdown::trigger`.
     pub handle_signals: bool,
+    /// PROXY protocol (v1 and v2) on the listener: connections from these
+    /// networks must open with a PROXY header, whose client address is the
+    /// one X-Forwarded-For carries; connections from anywhere else, and
+    /// ones without a valid header, are closed. Default `None` (off). Turn
+    /// on behind an L4 balancer that sends the header.
+    pub proxy_protocol: Option<Vec<Network>>,
     /// SIGHUP upgrades as SIGUSR2 does (the new process re-reads the
     /// configuration file). Default false: SIGHUP keeps its default action.
     pub upgrade_on_hup: bool,
@@ -125,6 +131,63 @@ pub struct Config {
     pub upstreams: Vec<UpstreamGroup>,
     /// Pools, queues and deadlines for upstream connections.
     pub proxy: ProxyLimits,
+}
+
+/// An IP network: `10.0.0.0/8`, `2001:db8::/32`, or one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 address counts
+    /// as the IPv4 one).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                net.to_bits() & mask == ip.to_bits() & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                net.to_bits() & mask == ip.to_bits() & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Network, String> {
+        let bad = || format!("{text:?}: expected an address or ADDRESS/PREFIX, e.g. 10.0.0.0/8");
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Network { addr, prefix })
+    }
 }
 
 /// One group of upstream servers that requests are balanced across.
@@ -230,6 +293,7 @@ impl Default for Config {
             sqpoll_cpu: None,
             ring_batch: None,
             handle_signals: true,
+            proxy_protocol: None,
             upgrade_on_hup: false,
             stats_interval: None,
             upstreams: Vec::new(),
@@ -316,5 +380,33 @@ impl Config {
             return Err("--linger-timeout must be above 0".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Network;
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let net: Network = "10.0.0.0/8".parse().unwrap();
+        assert!(net.contains("10.200.3.4".parse().unwrap()));
+        assert!(
+            net.contains("::ffff:10.1.1.1".parse().unwrap()),
+            "IPv4-mapped"
+        );
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(!net.contains("::1".parse().unwrap()));
+        let one: Network = "192.168.1.10".parse().unwrap();
+        assert!(one.contains("192.168.1.10".parse().unwrap()));
+        assert!(!one.contains("192.168.1.11".parse().unwrap()));
+        let all: Network = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let v6: Network = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "::/129", "ten", "10.0.0.0/x", ""] {
+            assert!(bad.parse::<Network>().is_err(), "{bad}");
+        }
     }
 }

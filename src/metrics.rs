@@ -168,6 +168,12 @@ pub struct CoreStats {
     pub deadlines: [Counter; 4],
     /// Handlers that panicked.
     pub panics: Counter,
+    /// `--proxy-protocol`: connections from sources it does not allow,
+    /// closed at accept.
+    pub proxy_refused: Counter,
+    /// `--proxy-protocol`: connections that did not open with a valid
+    /// PROXY header, closed.
+    pub proxy_bad_headers: Counter,
     /// epoll: returns from epoll_wait.
     pub poll_wakeups: Counter,
     /// io_uring: io_uring_enter calls (submit and wait).
@@ -291,7 +297,7 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
          # TYPE coreloop_backend_info gauge\ncoreloop_backend_info{{backend=\"{backend}\"}} 1"
     );
     type Get = fn(&CoreStats) -> u64;
-    let simple: [(&str, &str, &str, Get); 11] = [
+    let simple: [(&str, &str, &str, Get); 13] = [
         (
             "connections_accepted_total",
             "counter",
@@ -333,6 +339,18 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
             "counter",
             "Handlers that panicked (answered 500).",
             |s| s.panics.get(),
+        ),
+        (
+            "proxy_protocol_refused_total",
+            "counter",
+            "PROXY protocol: connections from sources not allowed, closed at accept.",
+            |s| s.proxy_refused.get(),
+        ),
+        (
+            "proxy_protocol_bad_headers_total",
+            "counter",
+            "PROXY protocol: connections without a valid header, closed.",
+            |s| s.proxy_bad_headers.get(),
         ),
         (
             "poll_wakeups_total",

@@ -21,6 +21,7 @@
 
 use std::collections::VecDeque;
 use std::mem;
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -30,6 +31,7 @@ use super::fetch::{FetchError, Reply, Then};
 use super::forward::{write_fetch, write_request, Outgoing};
 use super::limits::Limits;
 use super::parse::{find_head_end, parse_head, Found, Framing, Head, Scan};
+use super::proxy_header;
 use super::reject::Reject;
 use super::reply::{ReplyFraming, ReplyHead};
 use super::request::Request;
@@ -66,6 +68,8 @@ impl<H: Handler + ?Sized> std::fmt::Debug for Ctx<'_, H> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
+    /// Waiting for the PROXY protocol header that opens the connection.
+    Proxy,
     /// Reading a request head (or waiting for one).
     Head,
     /// Head parsed; waiting for a Content-Length body of this size.
@@ -232,6 +236,9 @@ pub struct Conn {
     peer_done: bool,
     max_pending: usize,
     deadlines: [Option<Instant>; 4],
+    /// The client a PROXY header named (boxed: most connections have none,
+    /// and it keeps `Conn` one word larger, not four).
+    client: Option<Box<SocketAddr>>,
 }
 
 impl Conn {
@@ -254,9 +261,24 @@ impl Conn {
             peer_done: false,
             max_pending: limits.max_pending_output,
             deadlines: [None; 4],
+            client: None,
         };
         conn.deadlines[Deadline::Head as usize] = Some(now + limits.head_timeout);
         conn
+    }
+
+    /// The connection must open with a PROXY protocol header (v1 or v2);
+    /// anything else closes it, without a response. Call before any input.
+    pub fn expect_proxy_header(&mut self) {
+        if self.phase == Phase::Head {
+            self.phase = Phase::Proxy;
+        }
+    }
+
+    /// The client's address from the PROXY header, if one named it (the
+    /// socket's peer is then the balancer).
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.client.as_deref().copied()
     }
 
     /// Feeds bytes received from the peer; answers every complete request.
@@ -331,6 +353,8 @@ impl Conn {
             }
             ctx.stats.deadlines[kind as usize].inc();
             match kind {
+                // No HTTP response before the PROXY header: just close.
+                Deadline::Head if self.phase == Phase::Proxy => self.phase = Phase::Closed,
                 Deadline::Head if self.has_partial_request() => {
                     self.reject(Reject::HeadTimeout, ctx)
                 }
@@ -792,6 +816,12 @@ impl Conn {
             }
             let req = &buf[pos..];
             let step = match self.phase {
+                Phase::Proxy if req.is_empty() => return pos,
+                Phase::Proxy => match self.read_proxy_header(req, ctx) {
+                    Some(used) => Ok(Some(used)),
+                    None if self.phase == Phase::Closed => return buf.len(),
+                    None => return pos,
+                },
                 Phase::Head if req.is_empty() => return pos,
                 Phase::Head => self.read_head(req, ex, ctx),
                 Phase::Length(n) => Ok(self.read_length_body(req, n, ex, ctx)),
@@ -808,6 +838,28 @@ impl Conn {
                     self.reject(reject, ctx);
                     return buf.len();
                 }
+            }
+        }
+    }
+
+    /// Takes the PROXY header if it is complete (its length); `None` to
+    /// wait for more, or with the connection closed when it is not one.
+    fn read_proxy_header<H: Handler + ?Sized>(
+        &mut self,
+        req: &[u8],
+        ctx: &mut Ctx<'_, H>,
+    ) -> Option<usize> {
+        match proxy_header::parse(req) {
+            Ok(None) => None,
+            Ok(Some((addr, used))) => {
+                self.client = addr.map(Box::new);
+                self.phase = Phase::Head;
+                Some(used)
+            }
+            Err(_) => {
+                ctx.stats.proxy_bad_headers.inc();
+                self.phase = Phase::Closed;
+                None
             }
         }
     }
@@ -1090,8 +1142,9 @@ impl Conn {
         let blocked = self.pending() >= self.max_pending;
         let d = &mut self.deadlines;
         let closing = matches!(self.phase, Phase::Closing | Phase::Closed);
-        let in_head = self.phase == Phase::Head && self.awaiting.is_none();
-        let partial = !self.input.is_empty() || self.scan.started();
+        let in_head = matches!(self.phase, Phase::Head | Phase::Proxy) && self.awaiting.is_none();
+        // A connection owes its PROXY header at once: the head deadline runs.
+        let partial = !self.input.is_empty() || self.scan.started() || self.phase == Phase::Proxy;
         let in_body = matches!(self.phase, Phase::Length(_) | Phase::Chunked);
 
         let head = &mut d[Deadline::Head as usize];

@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod forward;
 mod limits;
 mod parse;
+pub mod proxy_header;
 mod reject;
 pub mod reply;
 mod request;

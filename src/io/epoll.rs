@@ -289,6 +289,9 @@ impl<H: Handler> Loop<H> {
 
     /// Registers an accepted connection (TCP_NODELAY came from the listener).
     fn add(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr) {
+        let Some(conn) = self.env.new_conn(self.now, || Some(peer.ip())) else {
+            return;
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -302,7 +305,7 @@ impl<H: Handler> Loop<H> {
         self.next_gen = self.next_gen.wrapping_add(1);
         entry.insert(Entry {
             stream,
-            conn: Conn::new(self.now, &self.env.limits),
+            conn,
             gen: self.next_gen,
             armed: Armed::NONE,
             unread: true,

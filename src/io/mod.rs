@@ -25,14 +25,14 @@ pub mod uring;
 pub mod wheel;
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_utils::CachePadded;
 
-use crate::config::Config;
+use crate::config::{Config, Network};
 use crate::handler::Handler;
 use crate::http::{Conn, Ctx, DateCache, FileBody, Limits};
 use crate::metrics::CoreStats;
@@ -152,7 +152,8 @@ fn upstream_step<E: Slot>(
     now: Instant,
 ) -> Option<upstream::Step> {
     if let Some(out) = e.conn_mut().take_outgoing() {
-        let peer = e.peer();
+        // A PROXY header's client comes first: the peer is its balancer.
+        let peer = e.conn().client_addr().map(|a| a.ip()).or_else(|| e.peer());
         let token = up.open((key, e.gen()), out, peer, now);
         e.conn_mut().set_awaiting(token);
         return Some(upstream::Step::Dispatch(token));
@@ -220,6 +221,9 @@ struct Env<H> {
     pool: BufPool,
     stats: Arc<CachePadded<CoreStats>>,
     handler: H,
+    /// `--proxy-protocol`: the networks whose connections must open with
+    /// a PROXY header; `None`: the protocol is off.
+    proxy_from: Option<Vec<Network>>,
 }
 
 impl<H: Handler> Env<H> {
@@ -230,7 +234,24 @@ impl<H: Handler> Env<H> {
             pool: BufPool::default(),
             stats,
             handler,
+            proxy_from: config.proxy_protocol.clone(),
         }
+    }
+
+    /// The `Conn` of a connection just accepted, or `None` when it must be
+    /// closed at once: `--proxy-protocol` is on and `peer` (looked up only
+    /// then) is not in an allowed network.
+    fn new_conn(&self, now: Instant, peer: impl FnOnce() -> Option<IpAddr>) -> Option<Conn> {
+        let mut conn = Conn::new(now, &self.limits);
+        if let Some(nets) = &self.proxy_from {
+            let allowed = peer().is_some_and(|ip| nets.iter().any(|n| n.contains(ip)));
+            if !allowed {
+                self.stats.proxy_refused.inc();
+                return None;
+            }
+            conn.expect_proxy_header();
+        }
+        Some(conn)
     }
 
     fn ctx(&mut self, now: Instant) -> Ctx<'_, H> {

@@ -716,10 +716,17 @@ impl<H: Handler> Loop<'_, H> {
     /// never dropped: closing it would reset a client the kernel already
     /// told it was connected.
     fn add(&mut self, fd: OwnedFd) {
+        let peer = || {
+            let addr = socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()?;
+            Some(addr.ip())
+        };
+        let Some(conn) = self.env.new_conn(self.now, peer) else {
+            return;
+        };
         self.next_gen = self.next_gen.wrapping_add(1) & 0xff_ffff;
         let key = self.conns.insert(Entry {
             fd,
-            conn: Conn::new(self.now, &self.env.limits),
+            conn,
             gen: self.next_gen,
             ops: 0,
             recv_armed: false,
