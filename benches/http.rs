@@ -111,6 +111,7 @@ fn pipeline_benches(c: &mut Criterion) {
             pool: &mut pool,
             stats: &stats,
             handler: &mut router,
+            log: None,
         };
         conn.handle_input(&batch, &mut ctx);
         let out = conn.poll_transmit();
@@ -141,6 +142,7 @@ fn pipeline_benches(c: &mut Criterion) {
                 pool: &mut pool,
                 stats: &stats,
                 handler: &mut router,
+                log: None,
             };
             conn.handle_input(black_box(&batch), &mut ctx);
             let n = black_box(conn.poll_transmit()).len();

@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-600}
+# Every upgrade opens new upstream and client connections: the hard limit.
+ulimit -n "$(ulimit -Hn)"
 MIN_CHURN=${MIN_CHURN:-5000}
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

@@ -15,7 +15,7 @@ use crate::config::{Backend, Balance, Config, Network, ProxyLimits, UpstreamGrou
 use crate::handler::{self, FilesConfig, SiteConfig};
 use crate::http::Limits;
 use crate::server::{Error, Server};
-use crate::{logging, topology};
+use crate::{access_log, logging, topology};
 
 /// A thread-per-core HTTP/1.1 server.
 #[derive(Parser, Debug)]
@@ -190,6 +190,13 @@ pub struct Args {
     /// header; connections from elsewhere are closed.
     #[arg(long, value_name = "NETS", value_parser = parse_networks)]
     proxy_protocol: Option<Networks>,
+    /// Write an access log line per response to this file (or `-`, standard
+    /// output); SIGUSR1 reopens the file.
+    #[arg(long, value_name = "PATH")]
+    access_log: Option<PathBuf>,
+    /// Access log format: combined (plus duration and core) or json.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Combined)]
+    access_log_format: LogFormatArg,
     /// Log level.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
@@ -279,6 +286,12 @@ fn parse_cpus(text: &str) -> Result<CpuList, String> {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormatArg {
+    Combined,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum BackendArg {
     Auto,
     Epoll,
@@ -340,6 +353,13 @@ impl Args {
             handle_signals: true,
             upgrade_on_hup: self.config_file.is_some(),
             proxy_protocol: self.proxy_protocol.as_ref().map(|n| n.0.clone()),
+            access_log: self.access_log.as_ref().map(|p| access_log::Settings {
+                path: (p.as_os_str() != "-").then(|| p.clone()),
+                format: match self.access_log_format {
+                    LogFormatArg::Combined => access_log::Format::Combined,
+                    LogFormatArg::Json => access_log::Format::Json,
+                },
+            }),
             stats_interval: self.stats,
             upstreams: self
                 .proxy

@@ -119,6 +119,8 @@ pub struct Config {
     /// ones without a valid header, are closed. Default `None` (off). Turn
     /// on behind an L4 balancer that sends the header.
     pub proxy_protocol: Option<Vec<Network>>,
+    /// The access log: where, and in which format. Default `None` (off).
+    pub access_log: Option<crate::access_log::Settings>,
     /// SIGHUP upgrades as SIGUSR2 does (the new process re-reads the
     /// configuration file). Default false: SIGHUP keeps its default action.
     pub upgrade_on_hup: bool,
@@ -294,6 +296,7 @@ impl Default for Config {
             ring_batch: None,
             handle_signals: true,
             proxy_protocol: None,
+            access_log: None,
             upgrade_on_hup: false,
             stats_interval: None,
             upstreams: Vec::new(),

@@ -24,6 +24,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod access_log;
 pub mod cli;
 pub mod config;
 pub mod handler;

@@ -296,6 +296,12 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
         "# HELP coreloop_backend_info The event-loop backend the cores run.\n\
          # TYPE coreloop_backend_info gauge\ncoreloop_backend_info{{backend=\"{backend}\"}} 1"
     );
+    let _ = writeln!(
+        out,
+        "# HELP coreloop_access_log_dropped_lines_total Access log lines dropped: the writer was behind or its writes failed (a full disk).\n\
+         # TYPE coreloop_access_log_dropped_lines_total counter\ncoreloop_access_log_dropped_lines_total {}",
+        crate::access_log::DROPPED_LINES.load(std::sync::atomic::Ordering::Relaxed)
+    );
     type Get = fn(&CoreStats) -> u64;
     let simple: [(&str, &str, &str, Get); 13] = [
         (

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
+use crate::access_log::Writer;
 use crate::config::{Backend, Config};
 use crate::handler::Handler;
 use crate::io::{self as backend, Core, CoreReport};
@@ -221,6 +222,15 @@ impl Bound {
             .map_err(setup)?;
         }
         let (started, started_rx) = std::sync::mpsc::channel();
+        let log = match &self.config.access_log {
+            Some(settings) => Some(Writer::start(settings, self.config.handle_signals).map_err(
+                |source| Error::Setup {
+                    what: "access log",
+                    source,
+                },
+            )?),
+            None => None,
+        };
         let factory = Arc::new(factory);
         let stats_all = self.stats.clone();
         // Ends the stats printer when the cores end without a shutdown
@@ -236,6 +246,7 @@ impl Bound {
                 stats,
                 shutdown: self.shutdown.clone(),
                 started: Some(started.clone()),
+                access_log: log.as_ref().map(|w| w.sink(id)),
             };
             let factory = factory.clone();
             let addr = self.local_addr;

@@ -227,47 +227,26 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let mut threads = Vec::new();
-        for _ in 0..3 {
+        type Count = fn(&Tally) -> &AtomicU64;
+        let churn: (&str, &[u8], Count) = (
+            "churn",
+            b"GET /plaintext HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            |t| &t.churned,
+        );
+        let slow_reqs: (&str, &[u8], Count) =
+            ("slow", b"GET /slow/x HTTP/1.1\r\nHost: t\r\n\r\n", |t| {
+                &t.slow
+            });
+        let clients = std::iter::repeat_n(churn, 3).chain(std::iter::repeat_n(slow_reqs, 20));
+        for (what, req, count) in clients {
             let (stop, tally) = (stop.clone(), tally.clone());
             threads.push(thread::spawn(move || {
-                let req = b"GET /plaintext HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
-                while !stop.load(Ordering::Relaxed) {
-                    let result = connect(addr).and_then(|mut s| {
-                        s.write_all(req).map_err(|e| format!("write: {e}"))?;
-                        read_response(&mut s, &mut Vec::new())
-                    });
-                    match result {
-                        Ok((200, true)) => {
-                            tally.churned.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(other) => tally.fail(format!("churn: got {other:?}")),
-                        Err(e) => tally.fail(format!("churn: {e}")),
-                    }
-                }
+                one_per_connection(addr, req, &stop, &tally, what, count)
             }));
         }
         for i in 0..100 {
             let (stop, tally) = (stop.clone(), tally.clone());
             threads.push(thread::spawn(move || keep_alive(i, addr, &stop, &tally)));
-        }
-        for _ in 0..20 {
-            let (stop, tally) = (stop.clone(), tally.clone());
-            threads.push(thread::spawn(move || {
-                let req = b"GET /slow/x HTTP/1.1\r\nHost: t\r\n\r\n";
-                while !stop.load(Ordering::Relaxed) {
-                    let result = connect(addr).and_then(|mut s| {
-                        s.write_all(req).map_err(|e| format!("write: {e}"))?;
-                        read_response(&mut s, &mut Vec::new())
-                    });
-                    match result {
-                        Ok((200, _)) => {
-                            tally.slow.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(other) => tally.fail(format!("slow: got {other:?}")),
-                        Err(e) => tally.fail(format!("slow: {e}")),
-                    }
-                }
-            }));
         }
         Load {
             stop,
@@ -284,6 +263,31 @@ impl Load {
             t.join().unwrap();
         }
         self.tally
+    }
+}
+
+/// A client that sends `req` on a new connection each time and reads the
+/// one response (a 200) before closing.
+fn one_per_connection(
+    addr: SocketAddr,
+    req: &[u8],
+    stop: &AtomicBool,
+    tally: &Tally,
+    what: &str,
+    count: fn(&Tally) -> &AtomicU64,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let result = connect(addr).and_then(|mut s| {
+            s.write_all(req).map_err(|e| format!("write: {e}"))?;
+            read_response(&mut s, &mut Vec::new())
+        });
+        match result {
+            Ok((200, _)) => {
+                count(tally).fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(other) => tally.fail(format!("{what}: got {other:?}")),
+            Err(e) => tally.fail(format!("{what}: {e}")),
+        }
     }
 }
 

@@ -21,9 +21,9 @@
 
 use std::collections::VecDeque;
 use std::mem;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::body::Chunked;
 use super::date::DateCache;
@@ -36,6 +36,7 @@ use super::reject::Reject;
 use super::reply::{ReplyFraming, ReplyHead};
 use super::request::Request;
 use super::response::{reason, sends_body, write_response, Body, FileBody, Persist, Response};
+use crate::access_log::{Entry, Sink};
 use crate::handler::Handler;
 use crate::metrics::{CoreStats, Deadline};
 use crate::pool::BufPool;
@@ -56,6 +57,8 @@ pub struct Ctx<'a, H: Handler + ?Sized> {
     pub stats: &'a CoreStats,
     /// The core's handler.
     pub handler: &'a mut H,
+    /// The core's access-log buffer, when the log is on.
+    pub log: Option<&'a mut Sink>,
 }
 
 impl<H: Handler + ?Sized> std::fmt::Debug for Ctx<'_, H> {
@@ -135,6 +138,57 @@ struct Awaiting {
     body: Option<ToClient>,
     /// A handler's own call: the reply goes to its closure, not the wire.
     call: Option<Box<Call>>,
+    /// The request's access-log fields, kept until the reply's status is
+    /// known (only while the log is on).
+    log: Option<Box<PendingLog>>,
+}
+
+/// What the access log needs of a request whose response comes later.
+#[derive(Debug)]
+struct PendingLog {
+    method: String,
+    target: Vec<u8>,
+    minor: u8,
+    referer: Option<Vec<u8>>,
+    user_agent: Option<Vec<u8>>,
+    since: Instant,
+}
+
+impl PendingLog {
+    fn new(request: &Request<'_>, now: Instant) -> PendingLog {
+        PendingLog {
+            method: request.method().to_string(),
+            target: request.target().as_bytes().to_vec(),
+            minor: request.minor_version(),
+            referer: request.header("referer").map(<[u8]>::to_vec),
+            user_agent: request.header("user-agent").map(<[u8]>::to_vec),
+            since: now,
+        }
+    }
+
+    fn record(
+        &self,
+        log: &mut Sink,
+        client: Option<IpAddr>,
+        status: u16,
+        bytes: Option<u64>,
+        now: Instant,
+    ) {
+        log.record(
+            &Entry {
+                client,
+                method: &self.method,
+                target: &self.target,
+                minor: self.minor,
+                status,
+                bytes,
+                duration: now.saturating_duration_since(self.since),
+                referer: self.referer.as_deref(),
+                user_agent: self.user_agent.as_deref(),
+            },
+            now,
+        );
+    }
 }
 
 /// A handler's upstream call (`Fetch::then`): the reply is gathered here,
@@ -276,9 +330,14 @@ impl Conn {
     }
 
     /// The client's address from the PROXY header, if one named it (the
-    /// socket's peer is then the balancer).
+    /// socket's peer is then the balancer), or the peer given `set_peer`.
     pub fn client_addr(&self) -> Option<SocketAddr> {
         self.client.as_deref().copied()
+    }
+
+    /// The socket's peer, for the access log (a PROXY header replaces it).
+    pub fn set_peer(&mut self, peer: Option<IpAddr>) {
+        self.client = peer.map(|ip| Box::new(SocketAddr::new(ip, 0)));
     }
 
     /// Feeds bytes received from the peer; answers every complete request.
@@ -445,6 +504,16 @@ impl Conn {
         };
         a.close |= self.draining;
         a.body = Some(body);
+        if let (Some(pending), Some(log)) = (a.log.take(), ctx.log.as_deref_mut()) {
+            let bytes = match head.framing {
+                _ if a.is_head => Some(0),
+                ReplyFraming::Length(n) => Some(n),
+                ReplyFraming::None => Some(0),
+                _ => None,
+            };
+            let client = self.client.as_deref().map(|c| c.ip());
+            pending.record(log, client, head.status, bytes, ctx.now);
+        }
         let (close, minor, a_is_head) = (a.close, a.minor, a.is_head);
         self.ensure_out(ctx.pool);
         let out = &mut self.out;
@@ -572,6 +641,11 @@ impl Conn {
         self.ensure_out(ctx.pool);
         write_response(&mut self.out, &res, ctx.date.as_bytes(), persist, a.is_head);
         ctx.stats.response(status);
+        if let (Some(pending), Some(log)) = (a.log.take(), ctx.log.as_deref_mut()) {
+            let bytes = if a.is_head { 0 } else { message.len() as u64 };
+            let client = self.client.as_deref().map(|c| c.ip());
+            pending.record(log, client, status, Some(bytes), ctx.now);
+        }
         self.resume_after_reply(close, ctx);
     }
 
@@ -968,7 +1042,11 @@ impl Conn {
                     ..Outgoing::default()
                 };
                 write_request(&request, &mut outgoing);
-                self.await_reply(outgoing, head, None, ctx);
+                let log = ctx
+                    .log
+                    .is_some()
+                    .then(|| Box::new(PendingLog::new(&request, ctx.now)));
+                self.await_reply(outgoing, head, None, log, ctx);
                 return;
             }
             if let Some(mut fetch) = res.take_fetch() {
@@ -979,7 +1057,11 @@ impl Conn {
                 };
                 write_fetch(&fetch, &mut outgoing);
                 let call = fetch.then.take().map(Call::new);
-                self.await_reply(outgoing, head, call, ctx);
+                let log = ctx
+                    .log
+                    .is_some()
+                    .then(|| Box::new(PendingLog::new(&request, ctx.now)));
+                self.await_reply(outgoing, head, call, log, ctx);
                 return;
             }
         }
@@ -1004,6 +1086,27 @@ impl Conn {
         }
         ctx.stats.requests.inc();
         ctx.stats.response(res.status());
+        if let Some(log) = ctx.log.as_deref_mut() {
+            let bytes = if sends_body(&res, head.is_head) {
+                body_len(res.body())
+            } else {
+                0
+            };
+            log.record(
+                &Entry {
+                    client: self.client_addr().map(|a| a.ip()),
+                    method: request.method(),
+                    target: request.target().as_bytes(),
+                    minor: head.minor,
+                    status: res.status(),
+                    bytes: Some(bytes),
+                    duration: Instant::now().saturating_duration_since(ctx.now),
+                    referer: request.header("referer"),
+                    user_agent: request.header("user-agent"),
+                },
+                ctx.now,
+            );
+        }
         self.phase = if close { Phase::Closing } else { Phase::Head };
         self.next_request();
     }
@@ -1014,9 +1117,11 @@ impl Conn {
         outgoing: Outgoing,
         head: &Head,
         call: Option<Box<Call>>,
+        log: Option<Box<PendingLog>>,
         ctx: &mut Ctx<'_, H>,
     ) {
         self.awaiting = Some(Box::new(Awaiting {
+            log,
             token: 0,
             outgoing: Some(outgoing),
             minor: head.minor,
@@ -1069,6 +1174,23 @@ impl Conn {
         ctx.stats.rejects[reject.index()].inc();
         ctx.stats.response(reject.status());
         let res = Response::text(reject.status(), reject.message());
+        if let Some(log) = ctx.log.as_deref_mut() {
+            // The request could not be read: logged as `-`, as nginx does.
+            log.record(
+                &Entry {
+                    client: self.client_addr().map(|a| a.ip()),
+                    method: "-",
+                    target: b"",
+                    minor: 1,
+                    status: reject.status(),
+                    bytes: Some(body_len(res.body())),
+                    duration: Duration::ZERO,
+                    referer: None,
+                    user_agent: None,
+                },
+                ctx.now,
+            );
+        }
         self.ensure_out(ctx.pool);
         write_response(
             &mut self.out,
@@ -1174,6 +1296,16 @@ impl Conn {
         } else if write.is_none() {
             *write = Some(now + limits.write_timeout);
         }
+    }
+}
+
+/// A body's length in bytes, as sent.
+fn body_len(body: &Body) -> u64 {
+    match body {
+        Body::Empty => 0,
+        Body::Static(b) => b.len() as u64,
+        Body::Bytes(b) => b.len() as u64,
+        Body::File(f) => f.len(),
     }
 }
 

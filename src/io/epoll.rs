@@ -127,7 +127,7 @@ pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
         ready: Vec::new(),
         due: Vec::new(),
         up: Upstreams::new(&config.upstreams, &config.proxy, core.stats.clone(), now),
-        env: Env::new(config, core.stats, handler),
+        env: Env::new(config, core.stats, handler, core.access_log.take()),
         touched: Vec::new(),
         now,
         next_gen: 0,
@@ -158,6 +158,7 @@ impl<H: Handler> Loop<H> {
             self.env.stats.poll_wakeups.inc();
             self.now = Instant::now();
             self.env.date.update(SystemTime::now());
+            self.env.tick(self.now);
             if self.drain_deadline.is_none() && self.shutdown.is_triggered() {
                 self.begin_drain();
             }
@@ -201,6 +202,9 @@ impl<H: Handler> Loop<H> {
             consider(at);
         }
         if let Some(at) = self.drain_deadline {
+            consider(at);
+        }
+        if let Some(at) = self.env.log_due() {
             consider(at);
         }
         // mio rounds up to whole milliseconds, so a due timer never spins.

@@ -56,6 +56,8 @@ pub struct Core {
     pub stats: Arc<CachePadded<CoreStats>>,
     /// The shared shutdown flag.
     pub shutdown: Shutdown,
+    /// This core's access-log buffer, when the log is on.
+    pub access_log: Option<crate::access_log::Sink>,
     /// Told this core's index once its loop is about to start (every
     /// listener registered or its accept queued), then dropped.
     pub started: Option<std::sync::mpsc::Sender<usize>>,
@@ -224,10 +226,17 @@ struct Env<H> {
     /// `--proxy-protocol`: the networks whose connections must open with
     /// a PROXY header; `None`: the protocol is off.
     proxy_from: Option<Vec<Network>>,
+    /// The access log's buffer for this core, when it is on.
+    log: Option<crate::access_log::Sink>,
 }
 
 impl<H: Handler> Env<H> {
-    fn new(config: &Config, stats: Arc<CachePadded<CoreStats>>, handler: H) -> Env<H> {
+    fn new(
+        config: &Config,
+        stats: Arc<CachePadded<CoreStats>>,
+        handler: H,
+        log: Option<crate::access_log::Sink>,
+    ) -> Env<H> {
         Env {
             date: DateCache::new(SystemTime::now()),
             limits: config.limits.clone(),
@@ -235,23 +244,43 @@ impl<H: Handler> Env<H> {
             stats,
             handler,
             proxy_from: config.proxy_protocol.clone(),
+            log,
         }
     }
 
     /// The `Conn` of a connection just accepted, or `None` when it must be
-    /// closed at once: `--proxy-protocol` is on and `peer` (looked up only
-    /// then) is not in an allowed network.
+    /// closed at once: `--proxy-protocol` is on and `peer` is not in an
+    /// allowed network. `peer` is looked up only for those checks and for
+    /// the access log (which then keeps it in the `Conn`).
     fn new_conn(&self, now: Instant, peer: impl FnOnce() -> Option<IpAddr>) -> Option<Conn> {
         let mut conn = Conn::new(now, &self.limits);
+        if self.proxy_from.is_none() && self.log.is_none() {
+            return Some(conn);
+        }
+        let peer = peer();
         if let Some(nets) = &self.proxy_from {
-            let allowed = peer().is_some_and(|ip| nets.iter().any(|n| n.contains(ip)));
-            if !allowed {
+            if !peer.is_some_and(|ip| nets.iter().any(|n| n.contains(ip))) {
                 self.stats.proxy_refused.inc();
                 return None;
             }
             conn.expect_proxy_header();
         }
+        if self.log.is_some() {
+            conn.set_peer(peer);
+        }
         Some(conn)
+    }
+
+    /// When the access log wants a turn (to hand over old lines).
+    fn log_due(&self) -> Option<Instant> {
+        self.log.as_ref().and_then(|l| l.due())
+    }
+
+    /// Once per loop turn: lets the access log hand over old lines.
+    fn tick(&mut self, now: Instant) {
+        if let Some(log) = &mut self.log {
+            log.tick(now);
+        }
     }
 
     fn ctx(&mut self, now: Instant) -> Ctx<'_, H> {
@@ -262,6 +291,7 @@ impl<H: Handler> Env<H> {
             pool: &mut self.pool,
             stats: &self.stats,
             handler: &mut self.handler,
+            log: self.log.as_mut(),
         }
     }
 }

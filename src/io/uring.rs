@@ -383,7 +383,7 @@ pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
         cqes: touched_cqes(config.ring_entries as usize * 4),
         up: Upstreams::new(&config.upstreams, &config.proxy, core.stats.clone(), now),
         stats: core.stats.clone(),
-        env: Env::new(&config, core.stats, handler),
+        env: Env::new(&config, core.stats, handler, core.access_log.take()),
         resident: Residency::default(),
         now,
         next_gen: 0,
@@ -436,6 +436,7 @@ impl<H: Handler> Loop<'_, H> {
             self.submit_and_wait()?;
             self.now = Instant::now();
             self.env.date.update(SystemTime::now());
+            self.env.tick(self.now);
             if self.drain_deadline.is_none() && self.shutdown.is_triggered() {
                 self.begin_drain();
             } else if self.drain_sweep {
@@ -523,7 +524,7 @@ impl<H: Handler> Loop<'_, H> {
         if let Some(d) = self.up.next_timeout(self.now) {
             timeout = Some(timeout.map_or(d, |t| t.min(d)));
         }
-        for at in [self.accept_retry, self.drain_deadline]
+        for at in [self.accept_retry, self.drain_deadline, self.env.log_due()]
             .into_iter()
             .flatten()
         {

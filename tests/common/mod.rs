@@ -122,6 +122,7 @@ impl Harness {
             pool: &mut self.pool,
             stats: &self.stats,
             handler: &mut self.router,
+            log: None,
         };
         (&mut self.conn, ctx)
     }

@@ -2,6 +2,7 @@
 //! whose every connection runs a script, and a log of what it saw.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -120,7 +121,9 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Seen>,
     stopped: Arc<std::sync::atomic::AtomicBool>,
-    streams: Arc<Mutex<Vec<TcpStream>>>,
+    /// A clone of each open connection (for `stop`), removed when its
+    /// script ends, so a long test does not pile up descriptors.
+    streams: Arc<Mutex<HashMap<usize, TcpStream>>>,
 }
 
 impl Upstream {
@@ -143,7 +146,7 @@ impl Upstream {
         let script = Arc::new(script);
         let shared = seen.clone();
         let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let streams = Arc::new(Mutex::new(Vec::new()));
+        let streams = Arc::new(Mutex::new(HashMap::new()));
         let (stop, open) = (stopped.clone(), streams.clone());
         thread::spawn(move || {
             for stream in listener.incoming() {
@@ -151,11 +154,11 @@ impl Upstream {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
+                let id = shared.conns.fetch_add(1, Ordering::SeqCst);
                 if let Ok(clone) = stream.try_clone() {
-                    open.lock().unwrap().push(clone);
+                    open.lock().unwrap().insert(id, clone);
                 }
-                shared.conns.fetch_add(1, Ordering::SeqCst);
-                let (script, seen) = (script.clone(), shared.clone());
+                let (script, seen, open) = (script.clone(), shared.clone(), open.clone());
                 thread::spawn(move || {
                     let mut peer = Peer {
                         stream,
@@ -166,6 +169,7 @@ impl Upstream {
                     script(&mut peer);
                     // `stop` holds a clone: dropping ours would not close.
                     let _ = peer.stream.shutdown(std::net::Shutdown::Both);
+                    open.lock().unwrap().remove(&id);
                 });
             }
         });
@@ -181,7 +185,7 @@ impl Upstream {
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
-        for s in self.streams.lock().unwrap().drain(..) {
+        for (_, s) in self.streams.lock().unwrap().drain() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         // The listener is dropped once the accept loop sees the flag.
