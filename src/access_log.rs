@@ -60,10 +60,11 @@ pub fn reopen() {
 }
 
 /// The process's writer: cores get a `Sink` each.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Writer {
     tx: SyncSender<Batch>,
     format: Format,
+    thread: thread::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Batch {
@@ -78,7 +79,7 @@ impl Writer {
     pub fn start(settings: &Settings, usr1: bool) -> io::Result<Writer> {
         let out = Output::open(settings.path.clone())?;
         let (tx, rx) = sync_channel(QUEUE);
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("coreloop-log".into())
             .spawn(move || write_batches(out, rx))?;
         if usr1 {
@@ -95,7 +96,15 @@ impl Writer {
         Ok(Writer {
             tx,
             format: settings.format,
+            thread,
         })
+    }
+
+    /// Waits until every batch is written; call once the cores (and with
+    /// them their sinks, which hand over their last lines) are gone.
+    pub fn finish(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
     }
 
     /// A core's own buffer.

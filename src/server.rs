@@ -299,6 +299,9 @@ impl Bound {
         if let Some(Ok(thread)) = stats_thread {
             let _ = thread.join();
         }
+        if let Some(log) = log {
+            log.finish();
+        }
         self.notifier.exiting();
         match failure {
             Some(e) => Err(e),

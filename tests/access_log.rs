@@ -135,7 +135,19 @@ fn a_line_per_response_and_sigusr1_reopens() {
         assert!(lines(&log)[0].contains("\"GET /json HTTP/1.1\" 200 27 "));
         // Requests made before the reopen took effect went to the old file.
         assert!(lines(&rotated).len() >= 4);
+        // A line written just before SIGTERM is in the file once the
+        // process has exited (the writer drains before the exit).
+        exchange(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
         stop(child);
+        let after = lines(&log);
+        let last = after.last().cloned().unwrap_or_default();
+        assert!(
+            last.contains("\"GET /healthz HTTP/1.1\" 200 3 "),
+            "{after:#?}"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }
