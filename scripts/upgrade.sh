@@ -17,11 +17,14 @@ SECS=${SECS:-600}
 ulimit -n "$(ulimit -Hn)"
 MIN_CHURN=${MIN_CHURN:-5000}
 out=$(mktemp)
+full=${LOG:-target/upgrade-$(date +%Y%m%d-%H%M%S).log}
+mkdir -p "$(dirname "$full")"
 trap 'rm -f "$out"' EXIT
+# The servers' own lines (and a failure's dump of them) go to $full only.
 UPGRADE_SECS=$SECS UPGRADE_BACKEND=${BACKEND:-} \
     cargo test --release --test upgrade upgrades_lose_nothing_under_load -- --nocapture 2>&1 \
-    | grep -v '^coreloop\[' | tee "$out"
-grep -q 'test result: ok' "$out" || { echo "upgrade: FAIL" >&2; exit 1; }
+    | tee "$full" | grep -v '^coreloop\[' | tee "$out"
+grep -q 'test result: ok' "$out" || { echo "upgrade: FAIL (server logs: $full)" >&2; exit 1; }
 status=0
 while read -r backend rate; do
     if (( rate < MIN_CHURN )); then

@@ -424,7 +424,11 @@ impl Args {
 /// The binary: flags -> config -> serve the built-in routes. Exit 0 after a
 /// graceful shutdown, 2 for bad flags, 1 when the server fails.
 pub fn main() -> ExitCode {
-    let args = match parse(std::env::args_os().collect()) {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "doctor") {
+        return doctor(&argv);
+    }
+    let args = match parse(argv) {
         Ok(args) => args,
         Err(msg) => {
             eprintln!("coreloop: error: {msg}");
@@ -466,6 +470,48 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `coreloop doctor`: a read-only report on the host.
+#[derive(Parser, Debug)]
+#[command(
+    name = "coreloop doctor",
+    about = "Reads the host's kernel and network settings that matter to coreloop and says what to change (read-only)."
+)]
+struct DoctorArgs {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The --backlog the server will use (compared with somaxconn).
+    #[arg(long, default_value_t = 1024)]
+    backlog: u64,
+    /// The --max-conns per core the server will use.
+    #[arg(long, default_value_t = 8192)]
+    max_conns: u64,
+    /// Workers the server will run (default: CPUs in the affinity mask).
+    #[arg(long)]
+    workers: Option<u64>,
+}
+
+fn doctor(argv: &[OsString]) -> ExitCode {
+    let args = DoctorArgs::parse_from(argv[1..].iter());
+    let workers = args
+        .workers
+        .unwrap_or_else(|| topology::allowed_cpus().map_or(1, |c| c.len() as u64));
+    let plan = crate::doctor::Plan {
+        backlog: args.backlog,
+        max_conns: args.max_conns,
+        workers,
+    };
+    let uring = crate::io::uring::probe(&Config::default());
+    let findings = crate::doctor::examine(&crate::doctor::Host::system(), &plan, uring);
+    let report = if args.json {
+        crate::doctor::json(&findings)
+    } else {
+        crate::doctor::text(&findings)
+    };
+    print!("{report}");
+    ExitCode::SUCCESS
 }
 
 /// The flags, with `--config FILE`'s in front of the command line's.

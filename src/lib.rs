@@ -10,6 +10,7 @@
 //! - [`io`]: the event loops (one per core) that drive `Conn` over sockets.
 //! - [`server`], [`config`], [`shutdown`], [`listener`], [`topology`]:
 //!   starting the cores, their knobs, the drain protocol, sockets, CPUs.
+//! - [`doctor`]: `coreloop doctor`, a read-only report on host settings.
 //! - [`upgrade`] and [`notify`]: handing the sockets to a new binary
 //!   (SIGUSR2), and telling systemd or the old process that we are ready.
 //!
@@ -27,6 +28,7 @@
 pub mod access_log;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod handler;
 pub mod http;
 pub mod io;

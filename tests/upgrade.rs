@@ -32,7 +32,7 @@ use common::upstream::Upstream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_coreloop");
 const SHUTDOWN_TIMEOUT: u64 = 5;
-const UPGRADE_TIMEOUT: u64 = 2;
+const UPGRADE_TIMEOUT: u64 = 5;
 
 /// Every line the server processes wrote to stderr (all of them share it).
 #[derive(Clone, Default)]
