@@ -486,3 +486,40 @@ fn failed_cores_end_the_process_with_stats_on() {
         .expect("spawn under prlimit");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(1));
 }
+
+#[test]
+fn doctor_reports_and_changes_nothing() {
+    let out = Command::new(BIN)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        json.trim_start().starts_with('[') && json.trim_end().ends_with(']'),
+        "{json}"
+    );
+    for name in [
+        "\"name\": \"net.core.somaxconn\"",
+        "\"name\": \"io_uring\"",
+        "\"name\": \"open files limit\"",
+    ] {
+        assert!(json.contains(name), "{name} in {json}");
+    }
+    let out = Command::new(BIN)
+        .args(["doctor", "--backlog", "100000000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("coreloop doctor: "), "{text}");
+    assert!(
+        text.contains("warn    net.core.somaxconn")
+            && text.contains("change: sysctl -w net.core.somaxconn=100000000"),
+        "a backlog above somaxconn is a warning with its fix: {text}"
+    );
+    let out = Command::new(BIN)
+        .args(["doctor", "--nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a bad flag exits 2");
+}
