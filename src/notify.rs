@@ -41,8 +41,11 @@ impl Notifier {
                 set_cloexec(fd);
                 file
             });
-        // Read once at start, before any worker thread exists.
-        std::env::remove_var(READY_FD_VAR);
+        // Read once at start, before any worker thread exists; removed only
+        // when set (removing touches the environment other threads read).
+        if std::env::var_os(READY_FD_VAR).is_some() {
+            std::env::remove_var(READY_FD_VAR);
+        }
         Notifier {
             ready_pipe: Mutex::new(ready_pipe),
             socket: std::env::var("NOTIFY_SOCKET")

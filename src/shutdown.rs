@@ -137,6 +137,17 @@ impl Shutdown {
                     }
                 }
                 let signal = first.unwrap_or(SIGTERM);
+                if shutdown.is_handoff() {
+                    // Draining after an upgrade already: this signal asks
+                    // for what is under way; only a second one cuts it short.
+                    log::info!(
+                        "signal {signal}: draining already (handed over to a new process); send it again to exit at once"
+                    );
+                    if let Some(again) = signals.forever().next() {
+                        exit_now(again);
+                    }
+                    return;
+                }
                 if shutdown.is_triggered() {
                     // The embedder already started the drain.
                     exit_now(signal);

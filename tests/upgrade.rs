@@ -698,6 +698,15 @@ fn sighup_rereads_the_config_file() {
     reaper.track(old);
     assert_eq!(get_status(addr, "/m1"), Some(200));
 
+    // An idle keep-alive connection keeps the old process draining for a
+    // moment (HANDOFF_IDLE), long enough for a SIGTERM to land in it.
+    let mut idle = connect(addr).unwrap();
+    idle.write_all(b"GET /m1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_response(&mut idle, &mut Vec::new()).map(|r| r.0),
+        Ok(200)
+    );
     write("/m2", "");
     let mark = logs.len();
     signal(old, nix::sys::signal::Signal::SIGHUP);
@@ -718,10 +727,14 @@ fn sighup_rereads_the_config_file() {
         .parse()
         .unwrap();
     reaper.track(new);
+    // SIGTERM during the handoff drain asks for what is under way: the old
+    // process still drains and exits 0 (a second signal would cut it short).
+    signal(old, nix::sys::signal::Signal::SIGTERM);
     assert!(
         first.wait().unwrap().success(),
         "the old process drains and exits 0"
     );
+    drop(idle);
     assert_eq!(
         get_status(addr, "/m2"),
         Some(200),

@@ -74,10 +74,11 @@ pub fn take() -> Result<Option<(Source, Vec<Inherited>)>, Error> {
 }
 
 fn take_var(name: &str) -> Option<String> {
-    let value = std::env::var(name).ok();
-    // Read once at start, before any worker thread exists.
+    let value = std::env::var(name).ok()?;
+    // Only when set (a process started to take sockets, before its worker
+    // threads exist): removing touches the environment other threads read.
     std::env::remove_var(name);
-    value
+    Some(value)
 }
 
 /// Parses `3=127.0.0.1:8080/0;4=127.0.0.1:8080/1` and checks each socket:
