@@ -148,6 +148,9 @@ impl UpstreamError {
 /// The counters of one core.
 #[derive(Debug, Default)]
 pub struct CoreStats {
+    /// The core thread's id (gettid), 0 until it runs: its CPU time is
+    /// read from /proc when metrics are asked for, never on its own path.
+    pub tid: std::sync::atomic::AtomicU32,
     /// Requests answered by a handler.
     pub requests: Counter,
     /// Bytes received from peers.
@@ -410,6 +413,7 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
         |s| &s.rejects,
     );
     upstreams(cores, out);
+    cpu_seconds(cores, out);
     let deadlines = Deadline::ALL.map(Deadline::name);
     labelled(
         out,
@@ -420,6 +424,40 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
         &deadlines,
         |s| &s.deadlines,
     );
+}
+
+/// Each core thread's CPU time (user + system), read from
+/// /proc/self/task/TID/stat: uneven values show imbalance between cores.
+fn cpu_seconds(cores: &AllStats, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP coreloop_core_cpu_seconds_total CPU time of each core's thread (user + system).\n\
+         # TYPE coreloop_core_cpu_seconds_total counter"
+    );
+    for (core, s) in cores.iter().enumerate() {
+        if let Some(secs) = thread_cpu_seconds(s.tid.load(std::sync::atomic::Ordering::Relaxed)) {
+            let _ = writeln!(
+                out,
+                "coreloop_core_cpu_seconds_total{{core=\"{core}\"}} {secs:.2}"
+            );
+        }
+    }
+}
+
+/// utime + stime of thread `tid` of this process, in seconds; `None`
+/// when it is unknown or has exited.
+pub fn thread_cpu_seconds(tid: u32) -> Option<f64> {
+    if tid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces): state is the
+    // first, utime the 12th, stime the 13th.
+    let mut rest = stat.rsplit_once(") ")?.1.split_whitespace();
+    let utime: u64 = rest.nth(11)?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    // /proc counts in USER_HZ, 100 per second on every Linux architecture.
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// The upstream families: one sample per core and server (labels `group`
@@ -556,6 +594,11 @@ fn labelled(
 #[derive(Debug)]
 pub struct StatsLine {
     last: Vec<(u64, u64)>,
+    cpu: Vec<f64>,
+}
+
+fn core_cpu(stats: &CoreStats) -> Option<f64> {
+    thread_cpu_seconds(stats.tid.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 impl StatsLine {
@@ -566,16 +609,22 @@ impl StatsLine {
                 .iter()
                 .map(|s| (s.requests.get(), s.errors()))
                 .collect(),
+            cpu: cores.iter().map(|s| core_cpu(s).unwrap_or(0.0)).collect(),
         }
     }
 
     /// The line for the `elapsed` since the previous call, e.g.
-    /// `stats: 61234 req/s 64 conns 0 err | core0 30617 req/s 32 conns 0 err | ...`.
+    /// `stats: 61234 req/s 64 conns 0 err | core0 30617 req/s 32 conns 0 err 48% cpu | ...`.
     pub fn next(&mut self, cores: &AllStats, elapsed: Duration) -> String {
         let secs = elapsed.as_secs_f64().max(1e-3);
         let mut parts = String::new();
         let (mut rate, mut conns, mut errs) = (0.0, 0, 0);
-        for (core, (stats, last)) in cores.iter().zip(&mut self.last).enumerate() {
+        for (core, ((stats, last), cpu)) in cores
+            .iter()
+            .zip(&mut self.last)
+            .zip(&mut self.cpu)
+            .enumerate()
+        {
             let now = (stats.requests.get(), stats.errors());
             let core_rate = now.0.wrapping_sub(last.0) as f64 / secs;
             let core_errs = now.1.wrapping_sub(last.1);
@@ -588,6 +637,11 @@ impl StatsLine {
                 parts,
                 " | core{core} {core_rate:.0} req/s {active} conns {core_errs} err"
             );
+            if let Some(now_cpu) = core_cpu(stats) {
+                let busy = (now_cpu - *cpu) / secs * 100.0;
+                *cpu = now_cpu;
+                let _ = write!(parts, " {busy:.0}% cpu");
+            }
         }
         format!("stats: {rate:.0} req/s {conns} conns {errs} err{parts}")
     }

@@ -447,6 +447,11 @@ where
     if let Some(cpu) = core.cpu {
         topology::pin_current_thread(cpu)?;
     }
+    // For /metrics' per-core CPU time (read from /proc by whoever asks).
+    let tid = u32::try_from(nix::unistd::gettid().as_raw()).unwrap_or(0);
+    core.stats
+        .tid
+        .store(tid, std::sync::atomic::Ordering::Relaxed);
     let cpu = core
         .cpu
         .map_or_else(|| "unpinned".to_string(), |c| format!("cpu {c}"));

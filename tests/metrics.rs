@@ -10,7 +10,11 @@ use common::net::{config, eventually, TestServer};
 use coreloop::handler::{site, SiteConfig};
 use coreloop::Backend;
 
-per_backend!(counts_a_known_load, off_switch_and_custom_path);
+per_backend!(
+    counts_a_known_load,
+    off_switch_and_custom_path,
+    cpu_time_per_core
+);
 
 fn serve(backend: Backend, site_config: SiteConfig) -> TestServer {
     TestServer::start_with(config(backend), move |_core, info| {
@@ -25,12 +29,13 @@ fn no_files() -> SiteConfig {
     }
 }
 
-/// `name{labels}` -> value, summed over the `core` label.
+/// `name{labels}` -> value, summed over the `core` label (fractions, as
+/// in CPU seconds, are cut to whole numbers).
 fn scrape(text: &str) -> HashMap<String, u64> {
     let mut sums = HashMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = line.rsplit_once(' ').expect("sample line");
-        let value: u64 = value.parse().expect("integer value");
+        let value = value.parse::<f64>().expect("a number") as u64;
         let key = match series.split_once('{') {
             Some((name, labels)) => {
                 let rest: Vec<&str> = labels
@@ -136,4 +141,35 @@ fn off_switch_and_custom_path(backend: Backend) {
     assert!(String::from_utf8(r.body)
         .unwrap()
         .contains("coreloop_requests_total{core=\"0\"} "));
+}
+
+/// Each core's thread CPU time, for imbalance: one sample per core, and
+/// it grows under load.
+fn cpu_time_per_core(backend: Backend) {
+    let server = serve(backend, no_files());
+    let cpu = |server: &TestServer| -> Vec<f64> {
+        let r = server.connect().get("/metrics");
+        let text = String::from_utf8(r.body).unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("coreloop_core_cpu_seconds_total{core=\""))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+            .collect()
+    };
+    assert_eq!(cpu(&server).len(), 2, "one sample per core");
+    let before: f64 = cpu(&server).iter().sum();
+    let mut conns: Vec<_> = (0..8).map(|_| server.connect()).collect();
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(700) {
+        for c in &mut conns {
+            c.send(&b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n".repeat(16));
+            for _ in 0..16 {
+                assert_eq!(c.read_response().unwrap().status, 200);
+            }
+        }
+    }
+    let after: f64 = cpu(&server).iter().sum();
+    assert!(
+        after > before,
+        "CPU time grew under load: {before} -> {after}"
+    );
 }
