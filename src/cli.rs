@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-use crate::config::{Backend, Balance, Config, Network, ProxyLimits, UpstreamGroup};
+use crate::config::{Backend, Balance, BusyPoll, Config, Network, ProxyLimits, UpstreamGroup};
 use crate::handler::{self, FilesConfig, SiteConfig};
 use crate::http::Limits;
 use crate::server::{Error, Server};
@@ -190,6 +190,17 @@ pub struct Args {
     /// header; connections from elsewhere are closed.
     #[arg(long, value_name = "NETS", value_parser = parse_networks)]
     proxy_protocol: Option<Networks>,
+    /// Busy polling: microseconds each core's poller and sockets spin for
+    /// packets before sleeping (Linux 6.9; refused where the kernel lacks
+    /// it). Off by default.
+    #[arg(long, value_name = "USECS")]
+    busy_poll: Option<u32>,
+    /// Packets per busy poll (0: the kernel's default).
+    #[arg(long, default_value_t = 0, requires = "busy_poll")]
+    busy_poll_budget: u16,
+    /// Prefer busy polling over interrupts (SO_PREFER_BUSY_POLL).
+    #[arg(long, requires = "busy_poll")]
+    prefer_busy_poll: bool,
     /// Write an access log line per response to this file (or `-`, standard
     /// output); SIGUSR1 reopens the file.
     #[arg(long, value_name = "PATH")]
@@ -353,6 +364,11 @@ impl Args {
             handle_signals: true,
             upgrade_on_hup: self.config_file.is_some(),
             proxy_protocol: self.proxy_protocol.as_ref().map(|n| n.0.clone()),
+            busy_poll: self.busy_poll.map(|usecs| BusyPoll {
+                usecs,
+                budget: self.busy_poll_budget,
+                prefer: self.prefer_busy_poll,
+            }),
             access_log: self.access_log.as_ref().map(|p| access_log::Settings {
                 path: (p.as_os_str() != "-").then(|| p.clone()),
                 format: match self.access_log_format {

@@ -119,6 +119,13 @@ pub struct Config {
     /// ones without a valid header, are closed. Default `None` (off). Turn
     /// on behind an L4 balancer that sends the header.
     pub proxy_protocol: Option<Vec<Network>>,
+    /// Busy polling: each core's poller (epoll's EPIOCSPARAMS, or the
+    /// ring's IORING_REGISTER_NAPI, both Linux 6.9) and its listeners
+    /// (SO_BUSY_POLL, inherited by accepted sockets) spin this long for
+    /// packets before sleeping. Default `None` (off). An experiment knob:
+    /// it burns CPU for latency, and works only for sockets on a NIC with
+    /// NAPI (not loopback).
+    pub busy_poll: Option<BusyPoll>,
     /// The access log: where, and in which format. Default `None` (off).
     pub access_log: Option<crate::access_log::Settings>,
     /// SIGHUP upgrades as SIGUSR2 does (the new process re-reads the
@@ -133,6 +140,17 @@ pub struct Config {
     pub upstreams: Vec<UpstreamGroup>,
     /// Pools, queues and deadlines for upstream connections.
     pub proxy: ProxyLimits,
+}
+
+/// `--busy-poll`'s settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// Microseconds to spin before sleeping.
+    pub usecs: u32,
+    /// Packets per poll; 0 lets the kernel choose.
+    pub budget: u16,
+    /// Prefer busy polling over interrupts (SO_PREFER_BUSY_POLL).
+    pub prefer: bool,
 }
 
 /// An IP network: `10.0.0.0/8`, `2001:db8::/32`, or one address.
@@ -296,6 +314,7 @@ impl Default for Config {
             ring_batch: None,
             handle_signals: true,
             proxy_protocol: None,
+            busy_poll: None,
             access_log: None,
             upgrade_on_hup: false,
             stats_interval: None,

@@ -151,6 +151,9 @@ pub struct CoreStats {
     /// The core thread's id (gettid), 0 until it runs: its CPU time is
     /// read from /proc when metrics are asked for, never on its own path.
     pub tid: std::sync::atomic::AtomicU32,
+    /// `--busy-poll` as the kernel read it back for this core's poller
+    /// (microseconds; 0: off).
+    pub busy_poll_usecs: std::sync::atomic::AtomicU32,
     /// Requests answered by a handler.
     pub requests: Counter,
     /// Bytes received from peers.
@@ -414,6 +417,19 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
     );
     upstreams(cores, out);
     cpu_seconds(cores, out);
+    let mut busy = Family::new(
+        out,
+        "busy_poll_usecs",
+        "gauge",
+        "Busy polling of each core's poller as the kernel read it back (microseconds; 0: off).",
+    );
+    for (core, s) in cores.iter().enumerate() {
+        busy.sample(
+            core,
+            None,
+            u64::from(s.busy_poll_usecs.load(std::sync::atomic::Ordering::Relaxed)),
+        );
+    }
     let deadlines = Deadline::ALL.map(Deadline::name);
     labelled(
         out,

@@ -252,6 +252,12 @@ fn bad_flags_print_one_line_and_exit_2() {
         &["--ring-batch", "1"],
         &["--ring-batch-wait", "10us"],
         &["--ring-batch", "8", "--ring-batch-wait", "2s"],
+        &["--busy-poll-budget", "8"],
+        &["--prefer-busy-poll"],
+        &["--busy-poll", "-1"],
+        &["--proxy-protocol", "10.0.0.0/33"],
+        &["--access-log-format", "xml", "--access-log", "-"],
+        &["--config", "/nonexistent-coreloop.toml"],
     ] {
         let (code, stderr) = run_fails(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
@@ -522,4 +528,64 @@ fn doctor_reports_and_changes_nothing() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "a bad flag exits 2");
+}
+
+/// `--busy-poll` on each backend: the kernel's read-back shows in
+/// /metrics, or the start fails with a message naming the flag and the
+/// kernel feature (where the kernel lacks it: then nothing to check here).
+#[test]
+fn busy_poll_reads_back_or_is_refused_by_name() {
+    for backend in ["epoll", "uring"] {
+        let mut child = Command::new(BIN)
+            .args([
+                "--port",
+                "0",
+                "--workers",
+                "2",
+                "--no-pin",
+                "--no-files",
+                "--backend",
+                backend,
+            ])
+            .args([
+                "--busy-poll",
+                "50",
+                "--busy-poll-budget",
+                "8",
+                "--prefer-busy-poll",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut addr = None;
+        let mut refused = None;
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(a) = line.split("listening on ").nth(1) {
+                addr = Some(a.trim().parse::<SocketAddr>().expect("address"));
+            }
+            if line.contains("--busy-poll:") || line.contains("io_uring unavailable") {
+                refused = Some(line);
+                break;
+            }
+            if line.contains("ready: 2 workers") {
+                break;
+            }
+        }
+        if let Some(why) = refused {
+            eprintln!("{backend}: busy polling refused here: {why}");
+            let _ = child.kill();
+            let _ = child.wait();
+            continue;
+        }
+        let mut c = Client::connect(addr.expect("started"));
+        assert_eq!(c.get("/plaintext").status, 200);
+        let text = String::from_utf8(c.get("/metrics").body).unwrap();
+        for core in 0..2 {
+            let want = format!("coreloop_busy_poll_usecs{{core=\"{core}\"}} 50");
+            assert!(text.contains(&want), "{backend}: {want} in\n{text}");
+        }
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+    }
 }

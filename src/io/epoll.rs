@@ -117,6 +117,27 @@ pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
     }
     let now = Instant::now();
     let config = &core.config;
+    if let Some(bp) = &config.busy_poll {
+        super::busy_poll_listeners(&listeners, bp)?;
+        let back =
+            super::sys::set_epoll_busy_poll(poll.as_raw_fd(), bp.usecs, bp.budget, bp.prefer)
+                .map_err(|e| {
+                    io::Error::new(
+                e.kind(),
+                format!("--busy-poll: epoll busy-poll parameters (EPIOCSPARAMS, Linux 6.9): {e}"),
+            )
+                })?;
+        log::info!(
+            "core {}: busy polling {} us, budget {}, prefer {} (read back from epoll)",
+            core.id,
+            back.busy_poll_usecs,
+            back.busy_poll_budget,
+            back.prefer_busy_poll != 0
+        );
+        core.stats
+            .busy_poll_usecs
+            .store(back.busy_poll_usecs, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut lp = Loop {
         id: core.id,
         poll,

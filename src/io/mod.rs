@@ -79,6 +79,27 @@ fn drain_one(conn: &mut Conn, until: Option<Instant>) {
     }
 }
 
+/// `--busy-poll` on a core's listeners (accepted sockets inherit it).
+fn busy_poll_listeners(
+    listeners: &[impl std::os::fd::AsRawFd],
+    bp: &crate::config::BusyPoll,
+) -> io::Result<()> {
+    for l in listeners {
+        sys::set_socket_busy_poll(l.as_raw_fd(), bp.usecs, bp.budget, bp.prefer).map_err(|e| {
+            let hint = if e.raw_os_error() == Some(nix::libc::EPERM) {
+                " (raising SO_BUSY_POLL needs CAP_NET_ADMIN)"
+            } else {
+                ""
+            };
+            io::Error::new(
+                e.kind(),
+                format!("--busy-poll: SO_BUSY_POLL on a listener: {e}{hint}"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// How a core's loop ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CoreReport {

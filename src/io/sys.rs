@@ -70,3 +70,104 @@ pub fn is_cached(file: RawFd, offset: u64, len: u64) -> bool {
     let pages = (offset + len).div_ceil(PAGE) - offset / PAGE;
     rc == 0 && stat.nr_cache >= pages
 }
+
+/// `struct epoll_params` (Linux 6.9): busy polling of one epoll instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpollParams {
+    /// Microseconds to busy-poll before sleeping.
+    pub busy_poll_usecs: u32,
+    /// Packets per poll (0: the kernel's default).
+    pub busy_poll_budget: u16,
+    /// Prefer busy polling over interrupts (1) or not (0).
+    pub prefer_busy_poll: u8,
+    pad: u8,
+}
+
+/// _IOW(0x8A, 0x01, struct epoll_params) and _IOR(0x8A, 0x02, ...).
+const EPIOCSPARAMS: libc::c_ulong = 0x4008_8A01;
+const EPIOCGPARAMS: libc::c_ulong = 0x8008_8A02;
+
+/// Sets an epoll instance's busy-poll parameters (EPIOCSPARAMS) and reads
+/// them back (EPIOCGPARAMS). ENOTTY: a kernel before 6.9.
+pub fn set_epoll_busy_poll(
+    epfd: RawFd,
+    usecs: u32,
+    budget: u16,
+    prefer: bool,
+) -> std::io::Result<EpollParams> {
+    let mut params = EpollParams {
+        busy_poll_usecs: usecs,
+        busy_poll_budget: budget,
+        prefer_busy_poll: u8::from(prefer),
+        pad: 0,
+    };
+    // SAFETY: the ioctl reads one `epoll_params` (8 bytes, `repr(C)`, the
+    // kernel's layout) from a live local.
+    if unsafe { libc::ioctl(epfd, EPIOCSPARAMS as _, &raw mut params) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut back = EpollParams::default();
+    // SAFETY: the ioctl writes one `epoll_params` into a live local.
+    if unsafe { libc::ioctl(epfd, EPIOCGPARAMS as _, &raw mut back) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(back)
+}
+
+/// SO_PREFER_BUSY_POLL and SO_BUSY_POLL_BUDGET (Linux 5.11); not in every
+/// `libc` release, the same numbers on every architecture but a few.
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+/// Sets SO_BUSY_POLL (and, when asked, SO_PREFER_BUSY_POLL and
+/// SO_BUSY_POLL_BUDGET) on a listening socket; accepted sockets inherit
+/// them. Returns SO_BUSY_POLL as read back. EPERM: raising it needs
+/// CAP_NET_ADMIN.
+pub fn set_socket_busy_poll(
+    fd: RawFd,
+    usecs: u32,
+    budget: u16,
+    prefer: bool,
+) -> std::io::Result<u32> {
+    let set = |opt: libc::c_int, value: libc::c_int| -> std::io::Result<()> {
+        // SAFETY: setsockopt reads one c_int from a live local.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    set(libc::SO_BUSY_POLL, i32::try_from(usecs).unwrap_or(i32::MAX))?;
+    if prefer {
+        set(SO_PREFER_BUSY_POLL, 1)?;
+    }
+    if budget > 0 {
+        set(SO_BUSY_POLL_BUDGET, libc::c_int::from(budget))?;
+    }
+    let mut back: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into a live c_int.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BUSY_POLL,
+            (&raw mut back).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(u32::try_from(back).unwrap_or(0))
+}

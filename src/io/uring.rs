@@ -361,6 +361,18 @@ pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
         );
     }
     bufs = BufRing::new(&submitter, config.buf_count, config.buf_size, BUF_GROUP)?;
+    if let Some(bp) = &config.busy_poll {
+        super::busy_poll_listeners(&core.listeners, bp)?;
+        let back = register_napi(&submitter, bp)?;
+        log::info!(
+            "core {}: busy polling {back} us, prefer {} (read back from the ring's NAPI settings)",
+            core.id,
+            bp.prefer
+        );
+        core.stats
+            .busy_poll_usecs
+            .store(back, std::sync::atomic::Ordering::Relaxed);
+    }
     let wake = Arc::new(EventFd::new()?);
     core.shutdown.add_waker(wake.clone());
     log::debug!("core {}: io_uring ring flags {flags}", core.id);
@@ -419,6 +431,28 @@ fn accept_op(key: usize) -> UserData {
         gen: 0,
         key,
     }
+}
+
+/// IORING_REGISTER_NAPI (Linux 6.9): the ring busy-polls the NAPI
+/// instances of its sockets. Returns the timeout read back: the kernel
+/// writes the previous settings into the argument, so registering the same
+/// settings twice reads them.
+fn register_napi(submitter: &Submitter<'_>, bp: &crate::config::BusyPoll) -> io::Result<u32> {
+    let napi = types::Napi::new()
+        .set_busy_poll_timeout(bp.usecs)
+        .set_prefer_busy_poll(bp.prefer);
+    let refused = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("--busy-poll: the ring's busy polling (IORING_REGISTER_NAPI, Linux 6.9): {e}"),
+        )
+    };
+    submitter
+        .register_napi(&mut napi.clone())
+        .map_err(refused)?;
+    let mut again = napi;
+    submitter.register_napi(&mut again).map_err(refused)?;
+    Ok(again.busy_poll_timeout())
 }
 
 /// Room for a full completion queue, written once now: a batch larger
