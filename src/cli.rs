@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-use crate::config::{Backend, Balance, BusyPoll, Config, Network, ProxyLimits, UpstreamGroup};
+use crate::config::{
+    Accept, Backend, Balance, BusyPoll, Config, Network, ProxyLimits, UpstreamGroup,
+};
 use crate::handler::{self, FilesConfig, SiteConfig};
 use crate::http::Limits;
 use crate::server::{Error, Server};
@@ -190,6 +192,12 @@ pub struct Args {
     /// header; connections from elsewhere are closed.
     #[arg(long, value_name = "NETS", value_parser = parse_networks)]
     proxy_protocol: Option<Networks>,
+    /// How new connections reach the cores: reuseport (a listener per core,
+    /// the kernel hashes), cpu (a listener per core, a BPF program picks
+    /// the one of the CPU that took the packets; pinned workers), single
+    /// (one listener every core accepts from).
+    #[arg(long, value_enum, default_value_t = AcceptArg::Reuseport)]
+    accept: AcceptArg,
     /// Busy polling: microseconds each core's poller and sockets spin for
     /// packets before sleeping (Linux 6.9; refused where the kernel lacks
     /// it). Off by default.
@@ -297,6 +305,13 @@ fn parse_cpus(text: &str) -> Result<CpuList, String> {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum AcceptArg {
+    Reuseport,
+    Cpu,
+    Single,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormatArg {
     Combined,
     Json,
@@ -364,6 +379,11 @@ impl Args {
             handle_signals: true,
             upgrade_on_hup: self.config_file.is_some(),
             proxy_protocol: self.proxy_protocol.as_ref().map(|n| n.0.clone()),
+            accept: match self.accept {
+                AcceptArg::Reuseport => Accept::ReusePort,
+                AcceptArg::Cpu => Accept::Cpu,
+                AcceptArg::Single => Accept::Single,
+            },
             busy_poll: self.busy_poll.map(|usecs| BusyPoll {
                 usecs,
                 budget: self.busy_poll_budget,

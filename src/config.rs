@@ -119,6 +119,8 @@ pub struct Config {
     /// ones without a valid header, are closed. Default `None` (off). Turn
     /// on behind an L4 balancer that sends the header.
     pub proxy_protocol: Option<Vec<Network>>,
+    /// How new connections reach the cores. Default `ReusePort`.
+    pub accept: Accept,
     /// Busy polling: each core's poller (epoll's EPIOCSPARAMS, or the
     /// ring's IORING_REGISTER_NAPI, both Linux 6.9) and its listeners
     /// (SO_BUSY_POLL, inherited by accepted sockets) spin this long for
@@ -140,6 +142,20 @@ pub struct Config {
     pub upstreams: Vec<UpstreamGroup>,
     /// Pools, queues and deadlines for upstream connections.
     pub proxy: ProxyLimits,
+}
+
+/// How new connections are spread over the cores (`--accept`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accept {
+    /// One SO_REUSEPORT listener per core; the kernel picks one by a hash
+    /// of the connection's addresses.
+    ReusePort,
+    /// As `ReusePort`, with a BPF program that picks the listener of the
+    /// CPU that processed the connection's packets (needs pinned workers).
+    Cpu,
+    /// One listener that every core accepts from: the cores spread the
+    /// connections by who gets there first.
+    Single,
 }
 
 /// `--busy-poll`'s settings.
@@ -314,6 +330,7 @@ impl Default for Config {
             ring_batch: None,
             handle_signals: true,
             proxy_protocol: None,
+            accept: Accept::ReusePort,
             busy_poll: None,
             access_log: None,
             upgrade_on_hup: false,
@@ -340,6 +357,11 @@ impl Config {
         }
         if self.cpus.as_ref().is_some_and(Vec::is_empty) {
             return Err("--cpus names no CPU".into());
+        }
+        if self.accept == Accept::Cpu && !self.pin {
+            return Err(
+                "--accept cpu steers each connection to the listener of the CPU that took its packets: it needs pinned workers (drop --no-pin)".into(),
+            );
         }
         if self.backlog < 1 {
             return Err(format!("--backlog {} must be at least 1", self.backlog));

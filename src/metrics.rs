@@ -174,6 +174,9 @@ pub struct CoreStats {
     pub deadlines: [Counter; 4],
     /// Handlers that panicked.
     pub panics: Counter,
+    /// `--accept cpu`: accepted connections whose packets came in on this
+    /// core's CPU.
+    pub incoming_cpu_local: Counter,
     /// `--proxy-protocol`: connections from sources it does not allow,
     /// closed at accept.
     pub proxy_refused: Counter,
@@ -309,7 +312,7 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
         crate::access_log::DROPPED_LINES.load(std::sync::atomic::Ordering::Relaxed)
     );
     type Get = fn(&CoreStats) -> u64;
-    let simple: [(&str, &str, &str, Get); 13] = [
+    let simple: [(&str, &str, &str, Get); 14] = [
         (
             "connections_accepted_total",
             "counter",
@@ -351,6 +354,12 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
             "counter",
             "Handlers that panicked (answered 500).",
             |s| s.panics.get(),
+        ),
+        (
+            "connections_incoming_cpu_local_total",
+            "counter",
+            "--accept cpu: accepted connections whose packets came in on this core's CPU.",
+            |s| s.incoming_cpu_local.get(),
         ),
         (
             "proxy_protocol_refused_total",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 
 use crate::access_log::Writer;
-use crate::config::{Backend, Config};
+use crate::config::{Accept, Backend, Config};
 use crate::handler::Handler;
 use crate::io::{self as backend, Core, CoreReport};
 use crate::listener::inherit::{self, Handed, Inherited, Source};
@@ -144,6 +144,9 @@ impl Server {
             Some((source, list)) => adopt(&config, source, list)?,
             None => bind_fresh(&config, cpus.len())?,
         };
+        if config.accept == Accept::Cpu {
+            steer_by_cpu(&sockets, &cpus)?;
+        }
         let handoff = sockets
             .iter()
             .map(|l| Handed {
@@ -313,6 +316,12 @@ impl Bound {
 /// Binds one listener per worker (port 0: the first bind picks the port,
 /// the others join it).
 fn bind_fresh(config: &Config, workers: usize) -> Result<(Vec<TcpListener>, SocketAddr), Error> {
+    // --accept single: one socket, shared by every core (`spread`).
+    let workers = if config.accept == Accept::Single {
+        1
+    } else {
+        workers
+    };
     let mut addr = config.addr();
     if addr.port() != 0 && !config.share_port {
         listener::check_free(addr).map_err(|source| Error::Bind { addr, source })?;
@@ -328,6 +337,30 @@ fn bind_fresh(config: &Config, workers: usize) -> Result<(Vec<TcpListener>, Sock
         out.push(l);
     }
     Ok((out, addr))
+}
+
+/// `--accept cpu`: the group's program maps each core's CPU to that core's
+/// socket (socket i is core i's: they were bound in core order).
+fn steer_by_cpu(sockets: &[TcpListener], cpus: &[Option<usize>]) -> Result<(), Error> {
+    let pinned: Option<Vec<usize>> = cpus.iter().copied().collect();
+    let (Some(cpus), Some(first)) = (pinned, sockets.first()) else {
+        return Err(Error::Config("--accept cpu needs pinned workers".into()));
+    };
+    if sockets.len() != cpus.len() {
+        return Err(Error::Config(format!(
+            "--accept cpu needs one listening socket per worker: {} sockets for {} workers (inherited from an upgrade; restart to change)",
+            sockets.len(),
+            cpus.len()
+        )));
+    }
+    crate::io::steer_by_cpu(first, &cpus).map_err(|source| Error::Setup {
+        what: "--accept cpu: SO_ATTACH_REUSEPORT_CBPF",
+        source,
+    })?;
+    log::info!(
+        "accept: each connection goes to the listener of the CPU that took its packets ({cpus:?})"
+    );
+    Ok(())
 }
 
 /// Checks inherited sockets against the configuration: one address, and

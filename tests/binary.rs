@@ -25,9 +25,13 @@ fn start(args: &[&str]) -> (Child, SocketAddr, mpsc::Receiver<String>) {
 }
 
 fn start_with(mut command: Command, args: &[&str]) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    command.args(["--port", "0", "--no-pin"]).args(args);
+    spawn(command)
+}
+
+/// Spawns `command` as is and reads its address from the startup lines.
+fn spawn(mut command: Command) -> (Child, SocketAddr, mpsc::Receiver<String>) {
     let mut child = command
-        .args(["--port", "0", "--no-pin"])
-        .args(args)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn coreloop");
@@ -253,6 +257,8 @@ fn bad_flags_print_one_line_and_exit_2() {
         &["--ring-batch-wait", "10us"],
         &["--ring-batch", "8", "--ring-batch-wait", "2s"],
         &["--busy-poll-budget", "8"],
+        &["--accept", "cpu", "--no-pin"],
+        &["--accept", "round-robin"],
         &["--prefer-busy-poll"],
         &["--busy-poll", "-1"],
         &["--proxy-protocol", "10.0.0.0/33"],
@@ -588,4 +594,119 @@ fn busy_poll_reads_back_or_is_refused_by_name() {
         kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
         assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
     }
+}
+
+/// Runs `f` on a thread pinned to `cpu` (the client's packets are then
+/// processed on that CPU, loopback being synchronous).
+fn on_cpu<T: Send + 'static>(cpu: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
+    thread::spawn(move || {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).expect("cpu in range");
+        nix::sched::sched_setaffinity(Pid::from_raw(0), &set).expect("pin the client");
+        f()
+    })
+    .join()
+    .expect("client thread")
+}
+
+fn per_core(text: &str, name: &str) -> Vec<u64> {
+    let mut v: Vec<(usize, u64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{name}{{core=\"")))
+        .map(|l| {
+            let (core, rest) = l.split_once('"').unwrap();
+            (
+                core.parse().unwrap(),
+                rest.rsplit_once(' ').unwrap().1.parse().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, n)| n).collect()
+}
+
+/// `--accept cpu`: a client pinned to the second worker's CPU has every
+/// connection accepted by that worker, and each counted as arriving on its
+/// CPU. `--accept single`: one listener, shared by both workers.
+#[test]
+fn accept_modes_steer_or_share() {
+    let cpus: Vec<usize> = {
+        let set = nix::sched::sched_getaffinity(Pid::from_raw(0)).expect("affinity");
+        (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect()
+    };
+    if cpus.len() < 2 {
+        eprintln!("skipped: needs two CPUs");
+        return;
+    }
+    for backend in ["epoll", "uring"] {
+        let mut command = Command::new(BIN);
+        command.args([
+            "--workers",
+            "2",
+            "--port",
+            "0",
+            "--accept",
+            "cpu",
+            "--backend",
+            backend,
+        ]);
+        let (mut child, addr, rx) = spawn(command);
+        let text = on_cpu(cpus[1], move || {
+            for _ in 0..20 {
+                assert_eq!(Client::connect(addr).get("/plaintext").status, 200);
+            }
+            String::from_utf8(Client::connect(addr).get("/metrics").body).unwrap()
+        });
+        let accepted = per_core(&text, "coreloop_connections_accepted_total");
+        let local = per_core(&text, "coreloop_connections_incoming_cpu_local_total");
+        assert_eq!(
+            accepted,
+            vec![0, 21],
+            "{backend}: all on the second core\n{text}"
+        );
+        assert_eq!(local, vec![0, 21], "{backend}: each arrived on its CPU");
+        drop(rx);
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
+        assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+    }
+    // --accept single: the lines up to "ready" say one socket, two workers.
+    let mut child = Command::new(BIN)
+        .args([
+            "--workers",
+            "2",
+            "--port",
+            "0",
+            "--no-pin",
+            "--accept",
+            "single",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let startup: Vec<String> = stderr
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| !l.contains("ready:"))
+        .collect();
+    assert!(
+        startup
+            .iter()
+            .any(|l| l.contains("1 listening sockets for 2 workers")),
+        "{startup:#?}"
+    );
+    let addr: SocketAddr = startup
+        .iter()
+        .find_map(|l| l.split("listening on ").nth(1))
+        .expect("address")
+        .trim()
+        .parse()
+        .expect("address");
+    for _ in 0..20 {
+        assert_eq!(Client::connect(addr).get("/plaintext").status, 200);
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
 }

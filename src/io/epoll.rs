@@ -148,7 +148,13 @@ pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
         ready: Vec::new(),
         due: Vec::new(),
         up: Upstreams::new(&config.upstreams, &config.proxy, core.stats.clone(), now),
-        env: Env::new(config, core.stats, handler, core.access_log.take()),
+        env: Env::new(
+            config,
+            core.stats,
+            handler,
+            core.access_log.take(),
+            core.cpu,
+        ),
         touched: Vec::new(),
         now,
         next_gen: 0,
@@ -317,6 +323,7 @@ impl<H: Handler> Loop<H> {
         let Some(conn) = self.env.new_conn(self.now, || Some(peer.ip())) else {
             return;
         };
+        self.env.count_incoming(stream.as_raw_fd());
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(

@@ -79,6 +79,11 @@ fn drain_one(conn: &mut Conn, until: Option<Instant>) {
     }
 }
 
+/// `--accept cpu` on a SO_REUSEPORT group (through one of its sockets).
+pub fn steer_by_cpu(socket: &impl std::os::fd::AsRawFd, cpus: &[usize]) -> io::Result<()> {
+    sys::attach_cpu_steering(socket.as_raw_fd(), cpus)
+}
+
 /// `--busy-poll` on a core's listeners (accepted sockets inherit it).
 fn busy_poll_listeners(
     listeners: &[impl std::os::fd::AsRawFd],
@@ -249,6 +254,9 @@ struct Env<H> {
     proxy_from: Option<Vec<Network>>,
     /// The access log's buffer for this core, when it is on.
     log: Option<crate::access_log::Sink>,
+    /// `--accept cpu`: this core's CPU, to count connections whose packets
+    /// came in on it (SO_INCOMING_CPU, one getsockopt per connection).
+    local_cpu: Option<usize>,
 }
 
 impl<H: Handler> Env<H> {
@@ -257,6 +265,7 @@ impl<H: Handler> Env<H> {
         stats: Arc<CachePadded<CoreStats>>,
         handler: H,
         log: Option<crate::access_log::Sink>,
+        cpu: Option<usize>,
     ) -> Env<H> {
         Env {
             date: DateCache::new(SystemTime::now()),
@@ -266,6 +275,17 @@ impl<H: Handler> Env<H> {
             handler,
             proxy_from: config.proxy_protocol.clone(),
             log,
+            local_cpu: cpu.filter(|_| config.accept == crate::config::Accept::Cpu),
+        }
+    }
+
+    /// A connection was accepted: with `--accept cpu`, counts whether its
+    /// packets came in on this core's CPU (the steering's effect).
+    fn count_incoming(&self, fd: std::os::fd::RawFd) {
+        if let Some(cpu) = self.local_cpu {
+            if sys::incoming_cpu(fd) == Some(cpu) {
+                self.stats.incoming_cpu_local.inc();
+            }
         }
     }
 

@@ -171,3 +171,65 @@ pub fn set_socket_busy_poll(
     }
     Ok(u32::try_from(back).unwrap_or(0))
 }
+
+/// Steers each new connection of a SO_REUSEPORT group to the socket of
+/// the CPU that processed its packets: a classic BPF program
+/// (SO_ATTACH_REUSEPORT_CBPF, Linux 4.5) that maps the current CPU to a
+/// socket index (`cpus[i]` to socket `i`, in the order the group's
+/// sockets were bound); a CPU not in the list falls back to the hash.
+pub fn attach_cpu_steering(fd: RawFd, cpus: &[usize]) -> std::io::Result<()> {
+    const SKF_AD_OFF: u32 = 0xffff_f000; // -0x1000
+    const SKF_AD_CPU: u32 = 36;
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut prog = vec![op(LD_W_ABS, 0, 0, SKF_AD_OFF + SKF_AD_CPU)];
+    for (i, &cpu) in cpus.iter().enumerate() {
+        let cpu = u32::try_from(cpu).map_err(|_| std::io::Error::other("CPU number too large"))?;
+        let index = u32::try_from(i).map_err(|_| std::io::Error::other("too many sockets"))?;
+        prog.push(op(JEQ_K, 0, 1, cpu));
+        prog.push(op(RET_K, 0, 0, index));
+    }
+    // Out of range: the kernel picks by hash, as without a program.
+    prog.push(op(RET_K, 0, 0, u32::MAX));
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| std::io::Error::other("too many CPUs"))?,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: setsockopt reads one `sock_fprog` whose `filter` points at
+    // `prog`, alive for the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SO_INCOMING_CPU of a socket: the CPU that last processed its packets.
+pub fn incoming_cpu(fd: RawFd) -> Option<usize> {
+    let mut cpu: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into a live c_int.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_CPU,
+            (&raw mut cpu).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return None;
+    }
+    usize::try_from(cpu).ok()
+}

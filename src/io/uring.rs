@@ -395,7 +395,13 @@ pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
         cqes: touched_cqes(config.ring_entries as usize * 4),
         up: Upstreams::new(&config.upstreams, &config.proxy, core.stats.clone(), now),
         stats: core.stats.clone(),
-        env: Env::new(&config, core.stats, handler, core.access_log.take()),
+        env: Env::new(
+            &config,
+            core.stats,
+            handler,
+            core.access_log.take(),
+            core.cpu,
+        ),
         resident: Residency::default(),
         now,
         next_gen: 0,
@@ -758,6 +764,7 @@ impl<H: Handler> Loop<'_, H> {
         let Some(conn) = self.env.new_conn(self.now, peer) else {
             return;
         };
+        self.env.count_incoming(fd.as_raw_fd());
         self.next_gen = self.next_gen.wrapping_add(1) & 0xff_ffff;
         let key = self.conns.insert(Entry {
             fd,
