@@ -59,6 +59,13 @@ impl Notifier {
     /// accepting and drains) and systemd (with our PID, which differs from
     /// the one systemd started after an upgrade).
     pub fn ready(&self) {
+        // The PID file first: once told, the old process may exit and
+        // removes the file if it still names it.
+        if let Some(path) = &self.pid_file {
+            if let Err(e) = write_pid(path) {
+                log::warn!("--pid-file {}: {e}", path.display());
+            }
+        }
         let pipe = self
             .ready_pipe
             .lock()
@@ -67,11 +74,6 @@ impl Notifier {
         if let Some(mut pipe) = pipe {
             if let Err(e) = pipe.write_all(b"R") {
                 log::warn!("cannot tell the old process we are ready: {e}");
-            }
-        }
-        if let Some(path) = &self.pid_file {
-            if let Err(e) = write_pid(path) {
-                log::warn!("--pid-file {}: {e}", path.display());
             }
         }
         self.send(&format!("MAINPID={}\nREADY=1", std::process::id()));
