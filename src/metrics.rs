@@ -460,12 +460,13 @@ fn cpu_seconds(cores: &AllStats, out: &mut String) {
          # TYPE coreloop_core_cpu_seconds_total counter"
     );
     for (core, s) in cores.iter().enumerate() {
-        if let Some(secs) = thread_cpu_seconds(s.tid.load(std::sync::atomic::Ordering::Relaxed)) {
-            let _ = writeln!(
-                out,
-                "coreloop_core_cpu_seconds_total{{core=\"{core}\"}} {secs:.2}"
-            );
-        }
+        // A core whose thread has not started yet has used no CPU.
+        let secs =
+            thread_cpu_seconds(s.tid.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "coreloop_core_cpu_seconds_total{{core=\"{core}\"}} {secs:.2}"
+        );
     }
 }
 
