@@ -539,7 +539,8 @@ fn doctor(argv: &[OsString]) -> ExitCode {
         max_conns: args.max_conns,
         workers,
     };
-    let uring = crate::io::uring::probe(&Config::default());
+    let uring =
+        crate::io::uring::probe(&Config::default()).and_then(|()| crate::io::uring::features());
     let findings = crate::doctor::examine(&crate::doctor::Host::system(), &plan, uring);
     let report = if args.json {
         crate::doctor::json(&findings)

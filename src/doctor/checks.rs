@@ -3,7 +3,9 @@
 use super::{Finding, Host, Level, Plan};
 
 /// Every check, in the order a reader would go through them.
-pub fn examine(host: &Host, plan: &Plan, uring: Result<(), String>) -> Vec<Finding> {
+/// `uring`: whether coreloop's io_uring backend can run here, with the
+/// optional features the kernel offers (or why not).
+pub fn examine(host: &Host, plan: &Plan, uring: Result<String, String>) -> Vec<Finding> {
     let mut out = Vec::new();
     topology(host, &mut out);
     sysctl_at_least(host, &mut out, "net.core.somaxconn", plan.backlog, Level::Warn,
@@ -263,7 +265,7 @@ fn limits(host: &Host, plan: &Plan, out: &mut Vec<Finding>) {
     }
 }
 
-fn io_uring(host: &Host, uring: Result<(), String>, out: &mut Vec<Finding>) {
+fn io_uring(host: &Host, uring: Result<String, String>, out: &mut Vec<Finding>) {
     let name = "kernel.io_uring_disabled";
     match host.number(&sysctl_path(name)) {
         Err(_) => {} // older kernels have no such knob: io_uring is on
@@ -284,10 +286,15 @@ fn io_uring(host: &Host, uring: Result<(), String>, out: &mut Vec<Finding>) {
         }
     }
     let mut f = match uring {
-        Ok(()) => finding(
+        Ok(features) if features.is_empty() => finding(
             "io_uring",
             Level::Ok,
             "usable: every operation coreloop needs is offered".into(),
+        ),
+        Ok(features) => finding(
+            "io_uring",
+            Level::Info,
+            format!("usable: every operation coreloop needs is offered; {features}"),
         ),
         Err(why) => finding("io_uring", Level::Warn, format!("not usable: {why}")),
     };
@@ -491,6 +498,15 @@ fn nics(host: &Host, out: &mut Vec<Finding>) {
         let rps_on = rps
             .iter()
             .any(|m| m.chars().any(|c| c.is_ascii_hexdigit() && c != '0'));
+        let tx: Vec<String> = host
+            .list(&format!("{base}/queues"))
+            .into_iter()
+            .filter(|q| q.starts_with("tx-"))
+            .collect();
+        let xps_on = tx.iter().any(|q| {
+            host.read(&format!("{base}/queues/{q}/xps_cpus"))
+                .is_ok_and(|m| m.chars().any(|c| c.is_ascii_hexdigit() && c != '0'))
+        });
         let irqs: Vec<String> = interrupts
             .lines()
             .filter(|l| l.contains(nic.as_str()))
@@ -507,9 +523,11 @@ fn nics(host: &Host, out: &mut Vec<Finding>) {
             &format!("nic {nic}"),
             Level::Info,
             format!(
-                "local CPUs {local}; {} rx queue(s), RPS {}; IRQs {}",
+                "local CPUs {local}; {} rx queue(s), RPS {}; {} tx queue(s), XPS {}; IRQs {}",
                 rx.len(),
                 if rps_on { "on" } else { "off" },
+                tx.len(),
+                if xps_on { "on" } else { "off" },
                 if irqs.is_empty() {
                     "none found".into()
                 } else {
@@ -596,6 +614,7 @@ mod tests {
         write(&root, "proc/42/comm", "irqbalance\n");
         write(&root, "sys/class/net/eth0/device/local_cpulist", "2-3\n");
         write(&root, "sys/class/net/eth0/queues/rx-0/rps_cpus", "0\n");
+        write(&root, "sys/class/net/eth0/queues/tx-0/xps_cpus", "2\n");
         write(
             &root,
             "proc/interrupts",
@@ -639,7 +658,7 @@ mod tests {
         let nic = get(&f, "nic eth0");
         assert_eq!(
             nic.current,
-            "local CPUs 2-3; 1 rx queue(s), RPS off; IRQs 30->1"
+            "local CPUs 2-3; 1 rx queue(s), RPS off; 1 tx queue(s), XPS on; IRQs 30->1"
         );
         assert_eq!(nic.level, Level::Advice);
         assert!(get(&f, "cpus")
@@ -667,7 +686,7 @@ mod tests {
             "proc/sys/net/ipv4/ip_local_port_range",
             "60999 32768\n",
         );
-        let f = examine(&Host::at(&root), &PLAN, Ok(()));
+        let f = examine(&Host::at(&root), &PLAN, Ok(String::new()));
         let s = get(&f, "net.core.somaxconn");
         assert_eq!(s.level, Level::Unknown);
         assert!(

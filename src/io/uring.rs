@@ -245,6 +245,56 @@ pub fn probe(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The optional io_uring features coreloop's knobs use, as this kernel
+/// offers them (for `coreloop doctor`): `offers: ...; lacks: ...`.
+pub fn features() -> Result<String, String> {
+    let ring = IoUring::new(8).map_err(|e| setup_reason(&e))?;
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("IORING_REGISTER_PROBE failed: {e}"))?;
+    let p = ring.params();
+    let list = [
+        ("ext_arg (wait with a timeout)", p.is_feature_ext_arg()),
+        ("fast_poll", p.is_feature_fast_poll()),
+        (
+            "min_timeout (--ring-batch, 6.12)",
+            p.is_feature_min_timeout(),
+        ),
+        ("recv/send bundles (6.10)", p.is_feature_recvsend_bundle()),
+        ("no_iowait (6.15)", p.is_feature_no_iowait()),
+        ("send_zc (6.0)", probe.is_supported(opcode::SendZc::CODE)),
+        (
+            "read_multishot (6.7)",
+            probe.is_supported(opcode::ReadMulti::CODE),
+        ),
+        (
+            "futex_wait (6.7)",
+            probe.is_supported(opcode::FutexWait::CODE),
+        ),
+    ];
+    let pick = |want: bool| -> Vec<&str> {
+        list.iter()
+            .filter(|(_, on)| *on == want)
+            .map(|(n, _)| *n)
+            .collect()
+    };
+    let (offers, lacks) = (pick(true), pick(false));
+    Ok(format!(
+        "offers: {}; lacks: {}",
+        if offers.is_empty() {
+            "none".into()
+        } else {
+            offers.join(", ")
+        },
+        if lacks.is_empty() {
+            "none".into()
+        } else {
+            lacks.join(", ")
+        }
+    ))
+}
+
 fn setup_reason(e: &io::Error) -> String {
     let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok();
     match e.raw_os_error() {
