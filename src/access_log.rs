@@ -116,7 +116,12 @@ impl Writer {
             buf: Vec::new(),
             lines: 0,
             oldest: None,
-            clock: Clock::default(),
+            clock: Clock {
+                now: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                ..Clock::default()
+            },
         }
     }
 }
@@ -207,6 +212,45 @@ pub struct Entry<'a> {
     pub user_agent: Option<&'a [u8]>,
 }
 
+impl<'a> Entry<'a> {
+    /// A response to `request`.
+    pub fn of(
+        request: &crate::http::Request<'a>,
+        client: Option<IpAddr>,
+        status: u16,
+        bytes: Option<u64>,
+        duration: Duration,
+    ) -> Entry<'a> {
+        Entry {
+            client,
+            method: request.method(),
+            target: request.target().as_bytes(),
+            minor: request.minor_version(),
+            status,
+            bytes,
+            duration,
+            referer: request.header("referer"),
+            user_agent: request.header("user-agent"),
+        }
+    }
+
+    /// A rejection of a request that could not be read: `-`, as nginx
+    /// logs it.
+    pub fn unread(client: Option<IpAddr>, status: u16, bytes: u64) -> Entry<'static> {
+        Entry {
+            client,
+            method: "-",
+            target: b"",
+            minor: 1,
+            status,
+            bytes: Some(bytes),
+            duration: Duration::ZERO,
+            referer: None,
+            user_agent: None,
+        }
+    }
+}
+
 /// A core's log buffer.
 #[derive(Debug)]
 pub struct Sink {
@@ -234,8 +278,10 @@ impl Sink {
         }
     }
 
-    /// Once per loop turn: hands over lines older than `FLUSH_EVERY`.
-    pub fn tick(&mut self, now: Instant) {
+    /// Once per loop turn, with the turn's wall-clock second (the core's
+    /// `DateCache` has it): hands over lines older than `FLUSH_EVERY`.
+    pub fn tick(&mut self, now: Instant, unix_secs: u64) {
+        self.clock.now = unix_secs;
         if self
             .oldest
             .is_some_and(|t| now.duration_since(t) >= FLUSH_EVERY)
@@ -279,20 +325,18 @@ impl Drop for Sink {
 /// The wall-clock time as each format writes it, formatted once a second.
 #[derive(Debug, Default)]
 struct Clock {
-    second: u64,
+    /// The loop turn's second (`Sink::tick`), since the Unix epoch.
+    now: u64,
+    /// The second `text` shows.
+    shown: Option<u64>,
     text: String,
-    format: Option<Format>,
 }
 
 impl Clock {
     fn get(&mut self, format: Format) -> &str {
-        let secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if secs != self.second || self.format != Some(format) || self.text.is_empty() {
-            self.second = secs;
-            self.format = Some(format);
-            self.text = format_time(secs, format);
+        if self.shown != Some(self.now) {
+            self.shown = Some(self.now);
+            self.text = format_time(self.now, format);
         }
         &self.text
     }

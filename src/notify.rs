@@ -14,6 +14,8 @@ use std::sync::Mutex;
 
 use nix::libc;
 
+use crate::listener::inherit::is_open;
+
 /// Names the pipe on which a new process says it is ready.
 pub const READY_FD_VAR: &str = "CORELOOP_READY_FD";
 
@@ -146,11 +148,6 @@ fn monotonic_usec() -> u64 {
     // SAFETY: clock_gettime writes one timespec into the one we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
-}
-
-fn is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD takes no pointer; a closed number fails with EBADF.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
 fn set_cloexec(fd: RawFd) {

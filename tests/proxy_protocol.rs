@@ -65,6 +65,15 @@ fn v2_tcp4(src: [u8; 4], port: u16) -> Vec<u8> {
     h
 }
 
+/// Sends `header` and a forwarded request on a new connection; the head
+/// the upstream received.
+fn forwarded_head(s: &TestServer, up: &Upstream, header: &[u8]) -> String {
+    let mut c = connect(s);
+    c.write_all(&[header, LAST].concat()).unwrap();
+    assert!(read_all(&mut c).starts_with("HTTP/1.1 200"));
+    up.seen.last_head()
+}
+
 const LAST: &[u8] = b"GET /up/b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
 
 fn v1_and_v2_headers_name_the_forwarded_client(backend: Backend) {
@@ -91,25 +100,11 @@ fn v1_and_v2_headers_name_the_forwarded_client(backend: Backend) {
     for h in &heads {
         assert!(h.contains("X-Forwarded-For: 192.0.2.7\r\n"), "{h}");
     }
-    let mut c = connect(&s);
-    let mut req = v2_tcp4([198, 51, 100, 9], 4000);
-    req.extend_from_slice(LAST);
-    c.write_all(&req).unwrap();
-    assert!(read_all(&mut c).starts_with("HTTP/1.1 200"));
-    assert!(up
-        .seen
-        .last_head()
-        .contains("X-Forwarded-For: 198.51.100.9\r\n"));
+    let head = forwarded_head(&s, &up, &v2_tcp4([198, 51, 100, 9], 4000));
+    assert!(head.contains("X-Forwarded-For: 198.51.100.9\r\n"), "{head}");
     // LOCAL (a balancer's health check): the socket's peer is the client.
-    let mut c = connect(&s);
-    let mut req = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00".to_vec();
-    req.extend_from_slice(LAST);
-    c.write_all(&req).unwrap();
-    assert!(read_all(&mut c).starts_with("HTTP/1.1 200"));
-    assert!(up
-        .seen
-        .last_head()
-        .contains("X-Forwarded-For: 127.0.0.1\r\n"));
+    let head = forwarded_head(&s, &up, b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00");
+    assert!(head.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{head}");
     s.stop();
 }
 

@@ -467,6 +467,12 @@ fn irqbalance(host: &Host, out: &mut Vec<Finding>) {
     out.push(f);
 }
 
+/// A CPU mask file (`rps_cpus`, `xps_cpus`: hex, comma-separated words)
+/// with any CPU in it.
+fn mask_set(mask: &str) -> bool {
+    mask.chars().any(|c| c.is_ascii_hexdigit() && c != '0')
+}
+
 /// Per NIC: its NUMA-local CPUs, receive queues with their RPS masks, and
 /// the affinity of its interrupts.
 fn nics(host: &Host, out: &mut Vec<Finding>) {
@@ -495,9 +501,7 @@ fn nics(host: &Host, out: &mut Vec<Finding>) {
                     .unwrap_or_else(|_| "?".into())
             })
             .collect();
-        let rps_on = rps
-            .iter()
-            .any(|m| m.chars().any(|c| c.is_ascii_hexdigit() && c != '0'));
+        let rps_on = rps.iter().any(|m| mask_set(m));
         let tx: Vec<String> = host
             .list(&format!("{base}/queues"))
             .into_iter()
@@ -505,7 +509,7 @@ fn nics(host: &Host, out: &mut Vec<Finding>) {
             .collect();
         let xps_on = tx.iter().any(|q| {
             host.read(&format!("{base}/queues/{q}/xps_cpus"))
-                .is_ok_and(|m| m.chars().any(|c| c.is_ascii_hexdigit() && c != '0'))
+                .is_ok_and(|m| mask_set(&m))
         });
         let irqs: Vec<String> = interrupts
             .lines()

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::mem;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::body::Chunked;
 use super::date::DateCache;
@@ -335,6 +335,10 @@ impl Conn {
         self.client.as_deref().copied()
     }
 
+    fn client_ip(&self) -> Option<IpAddr> {
+        self.client.as_deref().map(SocketAddr::ip)
+    }
+
     /// The socket's peer, for the access log (a PROXY header replaces it).
     pub fn set_peer(&mut self, peer: Option<IpAddr>) {
         self.client = peer.map(|ip| Box::new(SocketAddr::new(ip, 0)));
@@ -511,7 +515,7 @@ impl Conn {
                 ReplyFraming::None => Some(0),
                 _ => None,
             };
-            let client = self.client.as_deref().map(|c| c.ip());
+            let client = self.client.as_deref().map(SocketAddr::ip);
             pending.record(log, client, head.status, bytes, ctx.now);
         }
         let (close, minor, a_is_head) = (a.close, a.minor, a.is_head);
@@ -643,7 +647,7 @@ impl Conn {
         ctx.stats.response(status);
         if let (Some(pending), Some(log)) = (a.log.take(), ctx.log.as_deref_mut()) {
             let bytes = if a.is_head { 0 } else { message.len() as u64 };
-            let client = self.client.as_deref().map(|c| c.ip());
+            let client = self.client_ip();
             pending.record(log, client, status, Some(bytes), ctx.now);
         }
         self.resume_after_reply(close, ctx);
@@ -1092,20 +1096,9 @@ impl Conn {
             } else {
                 0
             };
-            log.record(
-                &Entry {
-                    client: self.client_addr().map(|a| a.ip()),
-                    method: request.method(),
-                    target: request.target().as_bytes(),
-                    minor: head.minor,
-                    status: res.status(),
-                    bytes: Some(bytes),
-                    duration: Instant::now().saturating_duration_since(ctx.now),
-                    referer: request.header("referer"),
-                    user_agent: request.header("user-agent"),
-                },
-                ctx.now,
-            );
+            let took = Instant::now().saturating_duration_since(ctx.now);
+            let entry = Entry::of(&request, self.client_ip(), res.status(), Some(bytes), took);
+            log.record(&entry, ctx.now);
         }
         self.phase = if close { Phase::Closing } else { Phase::Head };
         self.next_request();
@@ -1175,21 +1168,8 @@ impl Conn {
         ctx.stats.response(reject.status());
         let res = Response::text(reject.status(), reject.message());
         if let Some(log) = ctx.log.as_deref_mut() {
-            // The request could not be read: logged as `-`, as nginx does.
-            log.record(
-                &Entry {
-                    client: self.client_addr().map(|a| a.ip()),
-                    method: "-",
-                    target: b"",
-                    minor: 1,
-                    status: reject.status(),
-                    bytes: Some(body_len(res.body())),
-                    duration: Duration::ZERO,
-                    referer: None,
-                    user_agent: None,
-                },
-                ctx.now,
-            );
+            let entry = Entry::unread(self.client_ip(), reject.status(), body_len(res.body()));
+            log.record(&entry, ctx.now);
         }
         self.ensure_out(ctx.pool);
         write_response(

@@ -39,6 +39,11 @@ impl DateCache {
         let _ = write!(out, "{date}");
     }
 
+    /// The second it holds, since the Unix epoch.
+    pub fn unix_secs(&self) -> u64 {
+        self.secs
+    }
+
     /// The formatted date, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
     pub fn as_bytes(&self) -> &[u8; DATE_LEN] {
         &self.bytes

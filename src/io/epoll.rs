@@ -119,14 +119,7 @@ pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
     let config = &core.config;
     if let Some(bp) = &config.busy_poll {
         super::busy_poll_listeners(&listeners, bp)?;
-        let back =
-            super::sys::set_epoll_busy_poll(poll.as_raw_fd(), bp.usecs, bp.budget, bp.prefer)
-                .map_err(|e| {
-                    io::Error::new(
-                e.kind(),
-                format!("--busy-poll: epoll busy-poll parameters (EPIOCSPARAMS, Linux 6.9): {e}"),
-            )
-                })?;
+        let back = set_busy_poll(&poll, bp)?;
         log::info!(
             "core {}: busy polling {} us, budget {}, prefer {} (read back from epoll)",
             core.id,
@@ -170,6 +163,17 @@ pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
         let _ = started.send(lp.id);
     }
     lp.run()
+}
+
+/// EPIOCSPARAMS (Linux 6.9): the epoll instance busy-polls its sockets'
+/// NAPI instances; returns the parameters as read back.
+fn set_busy_poll(poll: &Poll, bp: &crate::config::BusyPoll) -> io::Result<super::sys::EpollParams> {
+    super::sys::set_epoll_busy_poll(poll.as_raw_fd(), bp.usecs, bp.budget, bp.prefer).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("--busy-poll: epoll busy-poll parameters (EPIOCSPARAMS, Linux 6.9): {e}"),
+        )
+    })
 }
 
 impl<H: Handler> Loop<H> {

@@ -320,7 +320,7 @@ impl<H: Handler> Env<H> {
     /// Once per loop turn: lets the access log hand over old lines.
     fn tick(&mut self, now: Instant) {
         if let Some(log) = &mut self.log {
-            log.tick(now);
+            log.tick(now, self.date.unix_secs());
         }
     }
 

@@ -148,9 +148,7 @@ fn adopt(fd: RawFd, name: &str) -> Result<Socket, Error> {
     if fd < 3 {
         return Err(fail("not a socket descriptor (below 3)"));
     }
-    // SAFETY: F_GETFD reads the descriptor's flags and takes no pointer;
-    // on a number that is not open it fails with EBADF.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    if !is_open(fd) {
         return Err(fail("not open"));
     }
     // SAFETY: the descriptor is open and was handed to this process for
@@ -173,6 +171,12 @@ fn adopt(fd: RawFd, name: &str) -> Result<Socket, Error> {
         .set_cloexec(true)
         .map_err(|e| fail(&format!("FD_CLOEXEC: {e}")))?;
     Ok(socket)
+}
+
+/// Whether `fd` names an open descriptor of this process.
+pub(crate) fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD takes no pointer; a closed number fails with EBADF.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
 fn finish(socket: Socket, name: &str, expect: Option<SocketAddr>) -> Result<Inherited, Error> {
