@@ -16,8 +16,9 @@ use crate::config::{
 };
 use crate::handler::{self, FilesConfig, SiteConfig};
 use crate::http::Limits;
+use crate::io::region::HugePages;
 use crate::server::{Error, Server};
-use crate::{access_log, logging, topology};
+use crate::{access_log, logging, numa, topology};
 
 /// A thread-per-core HTTP/1.1 server.
 #[derive(Parser, Debug)]
@@ -209,6 +210,16 @@ pub struct Args {
     /// Prefer busy polling over interrupts (SO_PREFER_BUSY_POLL).
     #[arg(long, requires = "busy_poll")]
     prefer_busy_poll: bool,
+    /// Memory policy of each core: local (prefer its CPU's node), bind
+    /// (only that node), interleave (all nodes), off (inherited); auto is
+    /// local on a host with more than one node, else off.
+    #[arg(long, value_enum, default_value_t = NumaArg::Auto)]
+    numa: NumaArg,
+    /// io_uring: pages for each core's receive-buffer ring: off (4 KiB),
+    /// thp (transparent huge pages, madvised), hugetlb (reserved with
+    /// vm.nr_hugepages; refused when too few are free).
+    #[arg(long, value_enum, default_value_t = HugePagesArg::Off)]
+    huge_pages: HugePagesArg,
     /// Write an access log line per response to this file (or `-`, standard
     /// output); SIGUSR1 reopens the file.
     #[arg(long, value_name = "PATH")]
@@ -312,6 +323,22 @@ enum AcceptArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum NumaArg {
+    Auto,
+    Local,
+    Bind,
+    Interleave,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HugePagesArg {
+    Off,
+    Thp,
+    Hugetlb,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormatArg {
     Combined,
     Json,
@@ -389,6 +416,18 @@ impl Args {
                 budget: self.busy_poll_budget,
                 prefer: self.prefer_busy_poll,
             }),
+            numa: match self.numa {
+                NumaArg::Auto => numa::Policy::Auto,
+                NumaArg::Local => numa::Policy::Local,
+                NumaArg::Bind => numa::Policy::Bind,
+                NumaArg::Interleave => numa::Policy::Interleave,
+                NumaArg::Off => numa::Policy::Off,
+            },
+            huge_pages: match self.huge_pages {
+                HugePagesArg::Off => HugePages::Off,
+                HugePagesArg::Thp => HugePages::Thp,
+                HugePagesArg::Hugetlb => HugePages::Hugetlb,
+            },
             access_log: self.access_log.as_ref().map(|p| access_log::Settings {
                 path: (p.as_os_str() != "-").then(|| p.clone()),
                 format: match self.access_log_format {

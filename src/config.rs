@@ -128,6 +128,13 @@ pub struct Config {
     /// it burns CPU for latency, and works only for sockets on a NIC with
     /// NAPI (not loopback).
     pub busy_poll: Option<BusyPoll>,
+    /// Each worker thread's memory policy (`--numa`). Default `Auto`:
+    /// `Local` when the host has more than one node with memory and the
+    /// workers are pinned, else `Off`.
+    pub numa: crate::numa::Policy,
+    /// io_uring: the pages that hold each core's receive-buffer ring
+    /// (`--huge-pages`). Default `Off` (small pages).
+    pub huge_pages: crate::io::region::HugePages,
     /// The access log: where, and in which format. Default `None` (off).
     pub access_log: Option<crate::access_log::Settings>,
     /// SIGHUP upgrades as SIGUSR2 does (the new process re-reads the
@@ -332,6 +339,8 @@ impl Default for Config {
             proxy_protocol: None,
             accept: Accept::ReusePort,
             busy_poll: None,
+            numa: crate::numa::Policy::Auto,
+            huge_pages: crate::io::region::HugePages::Off,
             access_log: None,
             upgrade_on_hup: false,
             stats_interval: None,
@@ -362,6 +371,16 @@ impl Config {
             return Err(
                 "--accept cpu steers each connection to the listener of the CPU that took its packets: it needs pinned workers (drop --no-pin)".into(),
             );
+        }
+        if matches!(
+            self.numa,
+            crate::numa::Policy::Local | crate::numa::Policy::Bind
+        ) && !self.pin
+        {
+            return Err(format!(
+                "--numa {} places each core's memory on its CPU's node: it needs pinned workers (drop --no-pin)",
+                self.numa.name()
+            ));
         }
         if self.backlog < 1 {
             return Err(format!("--backlog {} must be at least 1", self.backlog));

@@ -8,8 +8,9 @@
 //!   endpoints.
 //! - [`pool`] and [`metrics`]: per-core buffers and counters.
 //! - [`io`]: the event loops (one per core) that drive `Conn` over sockets.
-//! - [`server`], [`config`], [`shutdown`], [`listener`], [`topology`]:
-//!   starting the cores, their knobs, the drain protocol, sockets, CPUs.
+//! - [`server`], [`config`], [`shutdown`], [`listener`], [`topology`],
+//!   [`numa`]: starting the cores, their knobs, the drain protocol,
+//!   sockets, CPUs and memory placement.
 //! - [`doctor`]: `coreloop doctor`, a read-only report on host settings.
 //! - [`upgrade`] and [`notify`]: handing the sockets to a new binary
 //!   (SIGUSR2), and telling systemd or the old process that we are ready.
@@ -36,6 +37,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod numa;
 pub mod pool;
 pub mod server;
 pub mod shutdown;

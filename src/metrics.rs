@@ -154,6 +154,14 @@ pub struct CoreStats {
     /// `--busy-poll` as the kernel read it back for this core's poller
     /// (microseconds; 0: off).
     pub busy_poll_usecs: std::sync::atomic::AtomicU32,
+    /// The NUMA node of the core's CPU, plus one (0: unknown or unpinned).
+    pub cpu_node: std::sync::atomic::AtomicU32,
+    /// The NUMA node the core's receive buffers sit on, plus one (0:
+    /// unknown): the read-back of `--numa`.
+    pub memory_node: std::sync::atomic::AtomicU32,
+    /// Bytes of the core's receive buffers on huge pages: the read-back
+    /// of `--huge-pages`.
+    pub huge_page_bytes: std::sync::atomic::AtomicU64,
     /// Requests answered by a handler.
     pub requests: Counter,
     /// Bytes received from peers.
@@ -439,6 +447,7 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
             u64::from(s.busy_poll_usecs.load(std::sync::atomic::Ordering::Relaxed)),
         );
     }
+    placement(cores, out);
     let deadlines = Deadline::ALL.map(Deadline::name);
     labelled(
         out,
@@ -449,6 +458,52 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
         &deadlines,
         |s| &s.deadlines,
     );
+}
+
+/// Where each core's memory sits: its CPU's NUMA node, its receive
+/// buffers' node (cores whose node is unknown have no sample), and their
+/// bytes on huge pages.
+fn placement(cores: &AllStats, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    node_family(
+        out,
+        cores,
+        "core_numa_node",
+        "The NUMA node of each core's CPU.",
+        |s| s.cpu_node.load(Relaxed),
+    );
+    node_family(
+        out,
+        cores,
+        "core_memory_node",
+        "The NUMA node each core's receive buffers sit on (--numa's read-back).",
+        |s| s.memory_node.load(Relaxed),
+    );
+    let mut huge = Family::new(
+        out,
+        "core_huge_page_bytes",
+        "gauge",
+        "Bytes of each core's receive buffers on huge pages (--huge-pages' read-back).",
+    );
+    for (core, s) in cores.iter().enumerate() {
+        huge.sample(core, None, s.huge_page_bytes.load(Relaxed));
+    }
+}
+
+/// A node per core, stored plus one (0: unknown, no sample).
+fn node_family(
+    out: &mut String,
+    cores: &AllStats,
+    name: &'static str,
+    help: &str,
+    get: impl Fn(&CoreStats) -> u32,
+) {
+    let mut family = Family::new(out, name, "gauge", help);
+    for (core, s) in cores.iter().enumerate() {
+        if let Some(node) = get(s).checked_sub(1) {
+            family.sample(core, None, u64::from(node));
+        }
+    }
 }
 
 /// Each core thread's CPU time (user + system), read from

@@ -15,6 +15,7 @@ use crossbeam_utils::CachePadded;
 use crate::access_log::Writer;
 use crate::config::{Accept, Backend, Config};
 use crate::handler::Handler;
+use crate::io::region::HugePages;
 use crate::io::{self as backend, Core, CoreReport};
 use crate::listener::inherit::{self, Handed, Inherited, Source};
 use crate::metrics::{CoreStats, StatsLine};
@@ -131,12 +132,21 @@ impl Server {
     /// the CPUs and opens one listener per core, or takes the listeners
     /// this process was handed (an upgrade, systemd socket activation).
     pub fn bind(self) -> Result<Bound, Error> {
-        let config = self.config;
+        let mut config = self.config;
         config.validate().map_err(Error::Config)?;
+        config.numa = config
+            .numa
+            .resolve(crate::numa::memory_nodes().len(), config.pin);
         // Both read (and remove) their variables before any thread starts.
         let notifier = Arc::new(Notifier::from_env(config.pid_file.clone()));
         let inherited = inherit::take().map_err(|e| Error::Inherit(e.to_string()))?;
         let backend = choose_backend(&config)?;
+        if config.huge_pages != HugePages::Off && backend == Backend::Epoll {
+            return Err(Error::Config(format!(
+                "--huge-pages {} puts io_uring's receive-buffer ring on huge pages; the epoll backend has no such ring (use --backend uring)",
+                config.huge_pages.name()
+            )));
+        }
         let cpus = plan_cpus(&config)?;
         check_nofile(&config, cpus.len());
         let activated = matches!(inherited, Some((Source::Systemd, _)));
@@ -480,6 +490,7 @@ where
     if let Some(cpu) = core.cpu {
         topology::pin_current_thread(cpu)?;
     }
+    place_memory(&core)?;
     // For /metrics' per-core CPU time (read from /proc by whoever asks).
     let tid = u32::try_from(nix::unistd::gettid().as_raw()).unwrap_or(0);
     core.stats
@@ -497,6 +508,36 @@ where
         Backend::Uring => backend::uring::run(core, handler),
         Backend::Epoll | Backend::Auto => backend::epoll::run(core, handler),
     }
+}
+
+/// Sets the calling core thread's memory policy (`--numa`) for the node of
+/// its CPU, records that node, and logs the policy as the kernel reads it
+/// back.
+fn place_memory(core: &Core) -> io::Result<()> {
+    let node = core.cpu.and_then(crate::numa::node_of_cpu);
+    if let Some(n) = node {
+        let plus_one = u32::try_from(n + 1).unwrap_or(0);
+        core.stats.cpu_node.store(plus_one, Ordering::Relaxed);
+    }
+    let policy = core.config.numa;
+    if policy == crate::numa::Policy::Off {
+        return Ok(());
+    }
+    let all = crate::numa::memory_nodes();
+    let node = node.unwrap_or(all[0]);
+    crate::numa::apply(policy, node, &all).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("--numa {}: set_mempolicy: {e}", policy.name()),
+        )
+    })?;
+    let back = crate::numa::current().unwrap_or_else(|e| format!("unreadable ({e})"));
+    log::info!(
+        "core {}: memory policy {back} (--numa {})",
+        core.id,
+        policy.name()
+    );
+    Ok(())
 }
 
 /// Resolves `auto` by probing io_uring; `uring` fails with the probe's

@@ -264,6 +264,10 @@ fn bad_flags_print_one_line_and_exit_2() {
         &["--proxy-protocol", "10.0.0.0/33"],
         &["--access-log-format", "xml", "--access-log", "-"],
         &["--config", "/nonexistent-coreloop.toml"],
+        &["--numa", "bind", "--no-pin"],
+        &["--numa", "everywhere"],
+        &["--huge-pages", "1g"],
+        &["--huge-pages", "thp", "--backend", "epoll"],
     ] {
         let (code, stderr) = run_fails(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
@@ -709,4 +713,144 @@ fn accept_modes_steer_or_share() {
     }
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("signal");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+}
+
+/// `--numa` on both backends: each core's policy is read back into the
+/// log, and its receive buffers sit on its CPU's node (/metrics).
+#[test]
+fn numa_policy_places_buffers_on_the_cores_node() {
+    for backend in ["epoll", "uring"] {
+        for policy in ["local", "bind", "interleave"] {
+            let mut child = KillOnDrop(
+                Command::new(BIN)
+                    .args(["--workers", "2", "--port", "0", "--no-files"])
+                    .args(["--backend", backend, "--numa", policy])
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn"),
+            );
+            let stderr = BufReader::new(child.0.stderr.take().expect("stderr"));
+            let mut addr = None;
+            let mut read_back = Vec::new();
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Some(a) = line.split("listening on ").nth(1) {
+                    addr = Some(a.trim().parse::<SocketAddr>().expect("address"));
+                }
+                if line.contains("memory policy") {
+                    read_back.push(line);
+                } else if line.contains("ready: 2 workers") {
+                    break;
+                }
+            }
+            let addr = addr.expect("started");
+            assert_eq!(read_back.len(), 2, "{read_back:?}");
+            let want = if policy == "local" {
+                "preferred"
+            } else {
+                policy
+            };
+            for line in &read_back {
+                assert!(line.contains(&format!("memory policy {want} ")), "{line}");
+            }
+            let mut c = Client::connect(addr);
+            assert_eq!(c.get("/plaintext").status, 200);
+            let text = String::from_utf8(c.get("/metrics").body).unwrap();
+            let cpu_nodes = per_core(&text, "coreloop_core_numa_node");
+            assert_eq!(cpu_nodes.len(), 2, "{text}");
+            if policy != "interleave" {
+                let memory = per_core(&text, "coreloop_core_memory_node");
+                assert_eq!(
+                    memory, cpu_nodes,
+                    "{backend} {policy}: buffers off their node"
+                );
+            }
+            kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).expect("signal");
+            assert_eq!(wait_exit(&mut child.0, Duration::from_secs(5)), Some(0));
+        }
+    }
+}
+
+/// Waits for the line saying every core has set up (and filled in its
+/// start-up gauges).
+fn wait_ready(rx: &mpsc::Receiver<String>) {
+    while !rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("ready line")
+        .contains("ready: ")
+    {}
+}
+
+/// A child process killed when a failed assertion unwinds past it (left
+/// running, it would hold the test harness's output open).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `--huge-pages` on io_uring: THP is read back from /proc/self/smaps
+/// into /metrics (where the kernel has it on); hugetlb either works or is
+/// refused, naming the sysctl, when too few huge pages are reserved.
+#[test]
+fn huge_pages_read_back_or_are_refused() {
+    if !common::net::uring_available() {
+        return;
+    }
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let thp_on = !thp.is_empty() && !thp.contains("[never]");
+    let mut command = Command::new(BIN);
+    command.args(["--workers", "2", "--port", "0", "--no-pin", "--no-files"]);
+    command.args(["--backend", "uring", "--huge-pages", "thp"]);
+    let (child, addr, rx) = spawn(command);
+    let mut child = KillOnDrop(child);
+    wait_ready(&rx);
+    let mut c = Client::connect(addr);
+    let text = String::from_utf8(c.get("/metrics").body).unwrap();
+    let huge = per_core(&text, "coreloop_core_huge_page_bytes");
+    assert_eq!(huge.len(), 2, "{text}");
+    if thp_on {
+        // 1024 buffers of 4 KiB: two 2 MiB pages per core.
+        assert!(huge.iter().all(|&b| b == 4 << 20), "{huge:?}");
+    } else {
+        assert!(huge.iter().all(|&b| b == 0), "{huge:?}");
+    }
+    kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).expect("signal");
+    assert_eq!(wait_exit(&mut child.0, Duration::from_secs(5)), Some(0));
+
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let free: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let args = ["--workers", "2", "--port", "0", "--no-pin", "--no-files"];
+    let hugetlb = ["--backend", "uring", "--huge-pages", "hugetlb"];
+    if free >= 4 {
+        let mut command = Command::new(BIN);
+        command.args(args).args(hugetlb);
+        let (child, addr, rx) = spawn(command);
+        let mut child = KillOnDrop(child);
+        wait_ready(&rx);
+        let text = String::from_utf8(Client::connect(addr).get("/metrics").body).unwrap();
+        let huge = per_core(&text, "coreloop_core_huge_page_bytes");
+        assert!(huge.iter().all(|&b| b >= 4 << 20), "{huge:?}");
+        kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).expect("signal");
+        assert_eq!(wait_exit(&mut child.0, Duration::from_secs(5)), Some(0));
+    } else {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(hugetlb)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("--huge-pages hugetlb") && stderr.contains("vm.nr_hugepages"),
+            "{stderr}"
+        );
+    }
 }

@@ -20,13 +20,14 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
 
+use super::region::Region;
+
 /// A registered ring of `count` buffers of `size` bytes.
 #[derive(Debug)]
 pub struct BufRing {
     entries: *mut BufRingEntry,
     entries_layout: Layout,
-    buffers: *mut u8,
-    buffers_layout: Layout,
+    buffers: Region,
     count: u16,
     size: usize,
     tail: u16,
@@ -34,10 +35,12 @@ pub struct BufRing {
 }
 
 impl BufRing {
-    /// Allocates `count` (a power of two, at most 32768) buffers of `size`
-    /// bytes, registers them as buffer group `group` and fills the ring.
+    /// Registers `count` (a power of two, at most 32768) buffers of `size`
+    /// bytes, carved from `buffers`, as buffer group `group`, and fills the
+    /// ring.
     pub fn new(
         submitter: &Submitter<'_>,
+        buffers: Region,
         count: u16,
         size: usize,
         group: u16,
@@ -49,25 +52,18 @@ impl BufRing {
             ));
         }
         let n = usize::from(count);
+        if buffers.size() < n * size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer region smaller than count x size",
+            ));
+        }
         // The kernel requires the ring to be page aligned.
         let entries_layout = Layout::from_size_align(n * std::mem::size_of::<BufRingEntry>(), 4096)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let buffers_layout = Layout::from_size_align(n * size, 64)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: both layouts have a non-zero size (count >= 1, size >= 1).
+        // SAFETY: the layout has a non-zero size (count >= 1).
         let entries = unsafe { alloc_zeroed(entries_layout) }.cast::<BufRingEntry>();
-        // SAFETY: as above.
-        let buffers = unsafe { alloc_zeroed(buffers_layout) };
-        if entries.is_null() || buffers.is_null() {
-            // SAFETY: each pointer is freed only if it was allocated with its layout.
-            unsafe {
-                if !entries.is_null() {
-                    dealloc(entries.cast(), entries_layout);
-                }
-                if !buffers.is_null() {
-                    dealloc(buffers, buffers_layout);
-                }
-            }
+        if entries.is_null() {
             return Err(io::Error::new(
                 io::ErrorKind::OutOfMemory,
                 "cannot allocate the buffer ring",
@@ -77,7 +73,6 @@ impl BufRing {
             entries,
             entries_layout,
             buffers,
-            buffers_layout,
             count,
             size,
             tail: 0,
@@ -93,6 +88,11 @@ impl BufRing {
         }
         ring.publish();
         Ok(ring)
+    }
+
+    /// The memory the buffers live in.
+    pub fn region(&self) -> &Region {
+        &self.buffers
     }
 
     /// The buffer group id to name in receive SQEs.
@@ -113,7 +113,7 @@ impl BufRing {
         // allocation; the kernel finished writing before posting the
         // completion that named this buffer, and it will not write to it
         // again until `recycle` hands it back.
-        unsafe { std::slice::from_raw_parts(self.buffers.add(bid * self.size), len) }
+        unsafe { std::slice::from_raw_parts(self.buffers.as_ptr().add(bid * self.size), len) }
     }
 
     /// Gives buffer `bid` back to the kernel (visible after `publish`).
@@ -128,7 +128,7 @@ impl BufRing {
         // this slot lies beyond the published tail until `publish`.
         let entry = unsafe { &mut *self.entries.add(slot) };
         // SAFETY: bid < count: the address is inside the buffers allocation.
-        entry.set_addr(unsafe { self.buffers.add(usize::from(bid) * self.size) } as u64);
+        entry.set_addr(unsafe { self.buffers.as_ptr().add(usize::from(bid) * self.size) } as u64);
         // NOTE(cast): size was checked to fit in u32 in `new`.
         entry.set_len(self.size as u32);
         entry.set_bid(bid);
@@ -152,11 +152,9 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: both pointers came from alloc_zeroed with these layouts,
-        // and (module INVARIANT) the kernel no longer uses them.
-        unsafe {
-            dealloc(self.entries.cast(), self.entries_layout);
-            dealloc(self.buffers, self.buffers_layout);
-        }
+        // SAFETY: the pointer came from alloc_zeroed with this layout, and
+        // (module INVARIANT) the kernel no longer uses it. The buffers'
+        // region unmaps itself after this.
+        unsafe { dealloc(self.entries.cast(), self.entries_layout) };
     }
 }

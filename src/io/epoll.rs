@@ -131,13 +131,19 @@ pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
             .busy_poll_usecs
             .store(back.busy_poll_usecs, std::sync::atomic::Ordering::Relaxed);
     }
+    let mut scratch = vec![0; config.read_buffer];
+    if config.numa != crate::numa::Policy::Off {
+        // calloc'd memory may be untouched: place it now, by this core.
+        scratch.fill(1);
+    }
+    super::record_placement(core.id, config, &core.stats, scratch.as_ptr(), None);
     let mut lp = Loop {
         id: core.id,
         poll,
         listeners,
         conns: Slab::with_capacity(config.max_conns.min(4096)),
         wheel: Wheel::new(now),
-        scratch: vec![0; config.read_buffer],
+        scratch,
         ready: Vec::new(),
         due: Vec::new(),
         up: Upstreams::new(&config.upstreams, &config.proxy, core.stats.clone(), now),

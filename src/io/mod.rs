@@ -18,6 +18,7 @@
 
 pub mod buf_ring;
 pub mod epoll;
+pub mod region;
 mod resident;
 mod sys;
 mod upstream;
@@ -239,6 +240,39 @@ fn deliver<H: Handler>(
         upstream::Event::Fail(cause) => {
             conn.handle_reply_error(cause.status(), cause.message(), ctx)
         }
+    }
+}
+
+/// Records, and logs, where a core's receive buffers landed: the node of
+/// their first page (`--numa`'s read-back) and, for io_uring's ring, the
+/// bytes on huge pages (`--huge-pages`' read-back).
+fn record_placement(
+    id: usize,
+    config: &Config,
+    stats: &CoreStats,
+    first: *const u8,
+    ring: Option<&region::Region>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let node = crate::numa::node_of_page(first);
+    if let Some(n) = node {
+        let plus_one = u32::try_from(n + 1).unwrap_or(0);
+        stats.memory_node.store(plus_one, Relaxed);
+    }
+    let huge = ring.map(|r| r.huge_bytes().unwrap_or(0));
+    stats.huge_page_bytes.store(huge.unwrap_or(0), Relaxed);
+    let wanted = config.huge_pages;
+    if wanted != region::HugePages::Off && huge == Some(0) {
+        log::warn!(
+            "core {}: --huge-pages {}: the kernel gave no huge pages for the receive buffers (see /sys/kernel/mm/transparent_hugepage/enabled)",
+            id,
+            wanted.name()
+        );
+    }
+    if config.numa != crate::numa::Policy::Off || wanted != region::HugePages::Off {
+        let node = node.map_or_else(|| "unknown".to_string(), |n| n.to_string());
+        let huge = huge.map_or_else(String::new, |b| format!(", {} KiB on huge pages", b / 1024));
+        log::info!("core {id}: receive buffers on node {node}{huge}");
     }
 }
 

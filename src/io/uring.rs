@@ -38,6 +38,7 @@ use slab::Slab;
 use socket2::SockRef;
 
 use super::buf_ring::BufRing;
+use super::region::{HugePages, Region};
 use super::resident::Residency;
 use super::upstream::{Clients, Readiness, Upstreams};
 use super::wheel::{Armed, Wheel};
@@ -46,6 +47,7 @@ use crate::config::Config;
 use crate::handler::Handler;
 use crate::http::{Conn, FileBody};
 use crate::metrics::CoreStats;
+use crate::numa::Policy;
 use crate::shutdown::Wake;
 
 /// How long accept stays paused after EMFILE/ENFILE before it is re-armed.
@@ -237,7 +239,9 @@ pub fn probe(config: &Config) -> Result<(), String> {
             return Err(format!("the kernel lacks the io_uring {name} opcode"));
         }
     }
-    let bufs = BufRing::new(&ring.submitter(), 2, 512, 7)
+    let region = Region::map(2 * 512, HugePages::Off)
+        .map_err(|e| format!("cannot map the receive buffers: {e}"))?;
+    let bufs = BufRing::new(&ring.submitter(), region, 2, 512, 7)
         .map_err(|e| format!("provided buffer rings refused (Linux 5.19+ needed): {e}"))?;
     let _ = bufs.unregister(&ring.submitter());
     drop(ring);
@@ -410,7 +414,33 @@ pub fn run<H: Handler>(mut core: Core, handler: H) -> io::Result<CoreReport> {
             core.id
         );
     }
-    bufs = BufRing::new(&submitter, config.buf_count, config.buf_size, BUF_GROUP)?;
+    let region = Region::map(
+        usize::from(config.buf_count) * config.buf_size,
+        config.huge_pages,
+    )
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("--huge-pages {}: {e}", config.huge_pages.name()),
+        )
+    })?;
+    if config.numa != Policy::Off || config.huge_pages != HugePages::Off {
+        region.touch();
+    }
+    super::record_placement(
+        core.id,
+        &config,
+        &core.stats,
+        region.as_ptr(),
+        Some(&region),
+    );
+    bufs = BufRing::new(
+        &submitter,
+        region,
+        config.buf_count,
+        config.buf_size,
+        BUF_GROUP,
+    )?;
     if let Some(bp) = &config.busy_poll {
         super::busy_poll_listeners(&core.listeners, bp)?;
         let back = register_napi(&submitter, bp)?;
