@@ -2,6 +2,7 @@
 //! one line and exits 2 (clap's convention, kept for our own checks too).
 
 mod file;
+mod load;
 
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -502,6 +503,9 @@ pub fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "doctor") {
         return doctor(&argv);
+    }
+    if argv.get(1).is_some_and(|a| a == "load") {
+        return load::main(&argv);
     }
     let args = match parse(argv) {
         Ok(args) => args,

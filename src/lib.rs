@@ -12,6 +12,7 @@
 //!   [`numa`]: starting the cores, their knobs, the drain protocol,
 //!   sockets, CPUs and memory placement.
 //! - [`doctor`]: `coreloop doctor`, a read-only report on host settings.
+//! - [`load`]: `coreloop load`, the load generator.
 //! - [`upgrade`] and [`notify`]: handing the sockets to a new binary
 //!   (SIGUSR2), and telling systemd or the old process that we are ready.
 //!
@@ -34,6 +35,7 @@ pub mod handler;
 pub mod http;
 pub mod io;
 pub mod listener;
+pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

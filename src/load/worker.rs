@@ -1,0 +1,588 @@
+//! One load thread: its connections on its own epoll instance (mio, edge
+//! triggered, registered once), closed loop (each response lets the next
+//! request go) or open loop (requests go at their scheduled times).
+//!
+//! Per request the thread makes one `write` (all requests a connection
+//! owes go in one) and one `read` (one per readable event while the read
+//! does not fill the buffer), plus its share of `epoll_wait`: no
+//! `epoll_ctl` after the connect, where wrk re-arms write interest twice
+//! per request.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use super::client::{Done, ReadError, Reader, Sent};
+use super::schedule::Schedule;
+
+/// What one thread does.
+#[derive(Debug)]
+pub struct Plan {
+    /// The server.
+    pub addr: SocketAddr,
+    /// One request, as sent.
+    pub request: Vec<u8>,
+    /// The request is HEAD (responses carry no body).
+    pub head_only: bool,
+    /// Connections this thread keeps open.
+    pub conns: usize,
+    /// Requests in flight per connection at most.
+    pub depth: usize,
+    /// Close a connection after this many responses and open a new one.
+    pub reconnect_after: Option<u64>,
+    /// Open loop: when each request is due. `None`: closed loop.
+    pub schedule: Option<Schedule>,
+    /// The run's start, shared by all threads.
+    pub start: Instant,
+    /// Responses to requests meant before this (ns from the start) are
+    /// not counted.
+    pub warmup: u64,
+    /// When to stop (ns from the start).
+    pub end: u64,
+    /// A request unanswered this long (ns) is a timeout error; its
+    /// connection is closed and replaced.
+    pub timeout: u64,
+}
+
+/// Errors by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Errors {
+    /// Connections refused, unreachable or failed before connecting.
+    pub connect: u64,
+    /// Failed reads (a reset).
+    pub read: u64,
+    /// Failed writes.
+    pub write: u64,
+    /// Requests unanswered within the timeout.
+    pub timeout: u64,
+    /// Responses the parser refused (bad status line, head or framing),
+    /// or responses nobody asked for.
+    pub framing: u64,
+    /// Requests in flight when the server closed the connection.
+    pub closed: u64,
+}
+
+impl Errors {
+    /// All errors.
+    pub fn total(&self) -> u64 {
+        self.connect + self.read + self.write + self.timeout + self.framing + self.closed
+    }
+
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, o: &Errors) {
+        self.connect += o.connect;
+        self.read += o.read;
+        self.write += o.write;
+        self.timeout += o.timeout;
+        self.framing += o.framing;
+        self.closed += o.closed;
+    }
+}
+
+/// What one thread measured.
+#[derive(Debug)]
+pub struct Tally {
+    /// Latency from the intended send time (microseconds): corrected for
+    /// coordinated omission in an open loop; the same as `uncorrected` in
+    /// a closed one.
+    pub corrected: Histogram<u64>,
+    /// Latency from the actual send (microseconds).
+    pub uncorrected: Histogram<u64>,
+    /// Open loop: how late each request went out (microseconds).
+    pub lag: Histogram<u64>,
+    /// Responses by status code (index = code, 0..600).
+    pub statuses: Vec<u64>,
+    /// Responses counted (after the warm-up).
+    pub responses: u64,
+    /// Responses during the warm-up.
+    pub warmup_responses: u64,
+    /// Errors by kind.
+    pub errors: Errors,
+    /// Connections opened.
+    pub connects: u64,
+    /// Requests written and unanswered at the end.
+    pub in_flight_end: u64,
+    /// Open loop: requests due by the end that never went out.
+    pub unsent_end: u64,
+    /// The thread's CPU time (user + system).
+    pub cpu: Duration,
+}
+
+impl Tally {
+    /// Histograms of 1 us to 1 hour at 3 significant digits (constant
+    /// bounds, which `new_with_bounds` accepts: low >= 1, high >= 2 * low).
+    fn new() -> Tally {
+        let hist =
+            || Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| unreachable!());
+        Tally {
+            corrected: hist(),
+            uncorrected: hist(),
+            lag: hist(),
+            statuses: vec![0; 600],
+            responses: 0,
+            warmup_responses: 0,
+            errors: Errors::default(),
+            connects: 0,
+            in_flight_end: 0,
+            unsent_end: 0,
+            cpu: Duration::ZERO,
+        }
+    }
+
+    /// Adds `other`'s counts and histograms.
+    pub fn add(&mut self, o: &Tally) {
+        let _ = self.corrected.add(&o.corrected);
+        let _ = self.uncorrected.add(&o.uncorrected);
+        let _ = self.lag.add(&o.lag);
+        for (a, b) in self.statuses.iter_mut().zip(&o.statuses) {
+            *a += b;
+        }
+        self.responses += o.responses;
+        self.warmup_responses += o.warmup_responses;
+        self.errors.add(&o.errors);
+        self.connects += o.connects;
+        self.in_flight_end += o.in_flight_end;
+        self.unsent_end += o.unsent_end;
+        self.cpu += o.cpu;
+    }
+
+    /// A tally with nothing counted, to add threads' tallies into.
+    pub fn empty() -> Tally {
+        Tally::new()
+    }
+}
+
+/// Counters the live line reads while the threads run.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Responses so far (warm-up included).
+    pub responses: AtomicU64,
+    /// Errors so far.
+    pub errors: AtomicU64,
+}
+
+/// How often timeouts, reconnects and the live counters are looked at.
+const TICK: u64 = 10_000_000;
+/// Before reconnecting after a failed connect.
+const RETRY: u64 = 100_000_000;
+
+struct Conn {
+    stream: Option<TcpStream>,
+    connected: bool,
+    reader: Reader,
+    out: Vec<u8>,
+    /// Requests written on this connection.
+    written: u64,
+    /// Closed loop: requests to write at the next flush.
+    owed: usize,
+    /// Open loop: in the list of connections that can take a request.
+    listed: bool,
+    touched: bool,
+    /// When to connect again (ns), if waiting to.
+    retry_at: Option<u64>,
+}
+
+struct Worker<'a> {
+    plan: Plan,
+    poll: Poll,
+    conns: Vec<Conn>,
+    touched: Vec<usize>,
+    idle: Vec<usize>,
+    scratch: Vec<u8>,
+    tally: Tally,
+    live: &'a Live,
+}
+
+/// Runs one thread's share of the load until the plan's end.
+pub fn run(plan: Plan, live: &Live) -> io::Result<Tally> {
+    let poll = Poll::new()?;
+    let conns = (0..plan.conns)
+        .map(|_| Conn {
+            stream: None,
+            connected: false,
+            reader: Reader::new(plan.head_only),
+            out: Vec::new(),
+            written: 0,
+            owed: 0,
+            listed: false,
+            touched: false,
+            retry_at: None,
+        })
+        .collect();
+    let mut w = Worker {
+        plan,
+        poll,
+        conns,
+        touched: Vec::new(),
+        idle: Vec::new(),
+        scratch: vec![0; 64 * 1024],
+        tally: Tally::new(),
+        live,
+    };
+    w.run()?;
+    let mut tally = w.tally;
+    tally.in_flight_end = w.conns.iter().map(|c| c.reader.in_flight() as u64).sum();
+    if let Some(s) = &mut w.plan.schedule {
+        while s.peek().is_some_and(|t| t < w.plan.end) {
+            tally.unsent_end += 1;
+            s.advance();
+        }
+    }
+    tally.cpu = thread_cpu();
+    Ok(tally)
+}
+
+impl Worker<'_> {
+    fn now(&self) -> u64 {
+        u64::try_from(self.plan.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let now = self.now();
+        for id in 0..self.conns.len() {
+            self.open(id, now);
+        }
+        let mut next_tick = now + TICK;
+        loop {
+            let now = self.now();
+            if now >= self.plan.end {
+                break;
+            }
+            self.dispatch(now);
+            self.flush(now);
+            let wait = self.wait(now, next_tick);
+            match self.poll.poll(&mut events, Some(wait)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = self.now();
+            for ev in events.iter() {
+                let readable = ev.is_readable() || ev.is_error() || ev.is_read_closed();
+                self.event(ev.token().0, readable, now);
+            }
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+        }
+        self.tick(self.now());
+        Ok(())
+    }
+
+    /// How long to block: until the next tick, or (open loop) the next
+    /// due request; under a millisecond (epoll's resolution), not at all.
+    fn wait(&mut self, now: u64, next_tick: u64) -> Duration {
+        let mut until = next_tick.min(self.plan.end);
+        if let Some(s) = &mut self.plan.schedule {
+            if let Some(t) = s.peek() {
+                if t > now || !self.idle.is_empty() {
+                    until = until.min(t);
+                }
+            }
+        }
+        let left = until.saturating_sub(now);
+        if left < 1_000_000 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(left)
+        }
+    }
+
+    fn open(&mut self, id: usize, now: u64) {
+        let c = &mut self.conns[id];
+        c.retry_at = None;
+        match TcpStream::connect(self.plan.addr) {
+            Ok(mut stream) => {
+                match self.poll.registry().register(
+                    &mut stream,
+                    Token(id),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    Ok(()) => c.stream = Some(stream),
+                    Err(_) => {
+                        self.tally.errors.connect += 1;
+                        c.retry_at = Some(now + RETRY);
+                    }
+                }
+            }
+            Err(_) => {
+                self.tally.errors.connect += 1;
+                c.retry_at = Some(now + RETRY);
+            }
+        }
+    }
+
+    /// Drops connection `id` and opens a new one now (`retry`: later).
+    fn replace(&mut self, id: usize, now: u64, retry: bool) {
+        let c = &mut self.conns[id];
+        c.stream = None;
+        c.connected = false;
+        c.reader.reset();
+        c.out.clear();
+        c.written = 0;
+        c.owed = 0;
+        if retry {
+            c.retry_at = Some(now + RETRY);
+        } else {
+            self.open(id, now);
+        }
+    }
+
+    fn event(&mut self, id: usize, readable: bool, now: u64) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Some(stream) = &c.stream else {
+            return;
+        };
+        if !c.connected {
+            match stream.take_error() {
+                Ok(None) => {}
+                _ => {
+                    self.tally.errors.connect += 1;
+                    self.replace(id, now, true);
+                    return;
+                }
+            }
+            if stream.peer_addr().is_err() {
+                return; // still connecting
+            }
+            let _ = stream.set_nodelay(true);
+            c.connected = true;
+            self.tally.connects += 1;
+            self.ready(id);
+        }
+        if readable {
+            self.read(id, now);
+        }
+        self.mark(id);
+    }
+
+    /// A connection can take requests: closed loop, owe it a full
+    /// pipeline; open loop, list it.
+    fn ready(&mut self, id: usize) {
+        let room = self.room(id);
+        let c = &mut self.conns[id];
+        if self.plan.schedule.is_none() {
+            c.owed = room;
+        } else if room > 0 && !c.listed {
+            c.listed = true;
+            self.idle.push(id);
+        }
+    }
+
+    /// Requests connection `id` may still take now.
+    fn room(&self, id: usize) -> usize {
+        let c = &self.conns[id];
+        if !c.connected || c.reader.closing() {
+            return 0;
+        }
+        let mut room = self
+            .plan
+            .depth
+            .saturating_sub(c.reader.in_flight() + c.owed);
+        if let Some(limit) = self.plan.reconnect_after {
+            let left = limit.saturating_sub(c.written + c.owed as u64);
+            room = room.min(usize::try_from(left).unwrap_or(usize::MAX));
+        }
+        room
+    }
+
+    fn mark(&mut self, id: usize) {
+        let c = &mut self.conns[id];
+        if !c.touched {
+            c.touched = true;
+            self.touched.push(id);
+        }
+    }
+
+    fn read(&mut self, id: usize, now: u64) {
+        loop {
+            let c = &mut self.conns[id];
+            let Some(stream) = &mut c.stream else {
+                return;
+            };
+            let n = match stream.read(&mut self.scratch) {
+                Ok(0) => return self.eof(id, now),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.tally.errors.read += 1;
+                    self.tally.errors.closed += c.reader.in_flight() as u64;
+                    return self.replace(id, now, false);
+                }
+            };
+            let (tally, warmup) = (&mut self.tally, self.plan.warmup);
+            let mut completed = 0;
+            let fed = c.reader.feed(&self.scratch[..n], |d| {
+                completed += 1;
+                record(tally, d, now, warmup);
+            });
+            if let Err(e) = fed {
+                self.tally.errors.framing += 1;
+                if e == ReadError::Framing {
+                    self.tally.errors.closed += c.reader.in_flight() as u64;
+                }
+                return self.replace(id, now, false);
+            }
+            if completed > 0 && self.answered(id, now) {
+                return;
+            }
+            if n < self.scratch.len() {
+                return;
+            }
+        }
+    }
+
+    /// Responses came in on `id`: replace it when it is done (server
+    /// closing, or `--reconnect-after`; returns true), else let more
+    /// requests go.
+    fn answered(&mut self, id: usize, now: u64) -> bool {
+        let c = &self.conns[id];
+        if c.reader.in_flight() == 0 {
+            let spent = self.plan.reconnect_after.is_some_and(|n| c.written >= n);
+            if c.reader.closing() || spent {
+                self.replace(id, now, false);
+                return true;
+            }
+        }
+        self.ready(id);
+        false
+    }
+
+    fn eof(&mut self, id: usize, now: u64) {
+        let (tally, warmup) = (&mut self.tally, self.plan.warmup);
+        let c = &mut self.conns[id];
+        c.reader.eof(|d| record(tally, d, now, warmup));
+        self.tally.errors.closed += c.reader.in_flight() as u64;
+        self.replace(id, now, false);
+    }
+
+    /// Open loop: hands each due request to a connection with room.
+    fn dispatch(&mut self, now: u64) {
+        let Some(mut s) = self.plan.schedule.take() else {
+            return;
+        };
+        while let Some(t) = s.peek().filter(|&t| t <= now) {
+            let Some(id) = self.idle.last().copied() else {
+                break;
+            };
+            if self.room(id) == 0 {
+                self.idle.pop();
+                self.conns[id].listed = false;
+                continue;
+            }
+            s.advance();
+            let c = &mut self.conns[id];
+            c.reader.sent(Sent {
+                intended: t,
+                actual: now,
+            });
+            c.out.extend_from_slice(&self.plan.request);
+            c.written += 1;
+            if t >= self.plan.warmup {
+                self.tally.lag.saturating_record((now - t) / 1000);
+            }
+            self.mark(id);
+        }
+        self.plan.schedule = Some(s);
+    }
+
+    /// Writes what every touched connection owes, one write each.
+    fn flush(&mut self, now: u64) {
+        while let Some(id) = self.touched.pop() {
+            let c = &mut self.conns[id];
+            c.touched = false;
+            for _ in 0..c.owed {
+                c.reader.sent(Sent {
+                    intended: now,
+                    actual: now,
+                });
+                c.out.extend_from_slice(&self.plan.request);
+            }
+            c.written += c.owed as u64;
+            c.owed = 0;
+            let Some(stream) = &mut c.stream else {
+                continue;
+            };
+            let mut done = 0;
+            let failed = loop {
+                if done == c.out.len() {
+                    break false;
+                }
+                match stream.write(&c.out[done..]) {
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break true,
+                }
+            };
+            c.out.drain(..done);
+            if failed {
+                self.tally.errors.write += 1;
+                self.tally.errors.closed += c.reader.in_flight() as u64;
+                self.replace(id, now, false);
+            }
+        }
+    }
+
+    /// Timeouts, due reconnects, and the live counters.
+    fn tick(&mut self, now: u64) {
+        for id in 0..self.conns.len() {
+            let c = &self.conns[id];
+            if c.retry_at.is_some_and(|t| t <= now) {
+                self.open(id, now);
+                continue;
+            }
+            let late = c
+                .reader
+                .oldest()
+                .is_some_and(|s| now.saturating_sub(s.actual) > self.plan.timeout);
+            if late {
+                self.tally.errors.timeout += c.reader.in_flight() as u64;
+                self.replace(id, now, false);
+            }
+        }
+        let t = &self.tally;
+        self.live
+            .responses
+            .store(t.responses + t.warmup_responses, Ordering::Relaxed);
+        self.live.errors.store(t.errors.total(), Ordering::Relaxed);
+    }
+}
+
+fn record(t: &mut Tally, d: Done, now: u64, warmup: u64) {
+    if d.sent.intended < warmup {
+        t.warmup_responses += 1;
+        return;
+    }
+    t.responses += 1;
+    t.corrected
+        .saturating_record(now.saturating_sub(d.sent.intended) / 1000);
+    t.uncorrected
+        .saturating_record(now.saturating_sub(d.sent.actual) / 1000);
+    if let Some(n) = t.statuses.get_mut(usize::from(d.status)) {
+        *n += 1;
+    }
+}
+
+/// The calling thread's CPU time (getrusage(RUSAGE_THREAD)).
+fn thread_cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_THREAD)
+        .map(|u| {
+            let tv = |t: nix::sys::time::TimeVal| {
+                Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+            };
+            tv(u.user_time()) + tv(u.system_time())
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,263 @@
+//! `coreloop load` against real servers: its counts agree with the
+//! server's, the open loop holds its rate, connections per request are
+//! real connections, and garbage, closes and unreachable servers end as
+//! counted errors, never a hang.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use coreloop::load::{self, schedule, Options, Outcome, Target};
+use coreloop::Backend;
+
+use common::net::{config, uring_available, TestServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_coreloop");
+
+fn options(url: &str) -> Options {
+    Options {
+        target: Target::parse(url).unwrap(),
+        method: "GET".into(),
+        headers: Vec::new(),
+        body: None,
+        connections: 8,
+        cpus: vec![None, None],
+        pipeline: 1,
+        duration: Duration::from_millis(700),
+        warmup: Duration::ZERO,
+        profile: None,
+        conn_per_request: false,
+        reconnect_after: None,
+        timeout: Duration::from_secs(5),
+        live: false,
+    }
+}
+
+fn backends() -> Vec<Backend> {
+    let mut b = vec![Backend::Epoll];
+    if uring_available() {
+        b.push(Backend::Uring);
+    }
+    b
+}
+
+/// The server answered every response the client counted, and at most
+/// the requests still in flight at the end besides.
+fn assert_counts_agree(server: &TestServer, out: &Outcome) {
+    let t = &out.tally;
+    let served = server.total(|s| s.requests.get());
+    let counted = t.responses + t.warmup_responses;
+    assert!(
+        served >= counted && served <= counted + t.in_flight_end,
+        "server {served}, client {counted} + {} in flight",
+        t.in_flight_end
+    );
+}
+
+#[test]
+fn closed_loop_pipelined_counts_match_the_server() {
+    for backend in backends() {
+        let server = TestServer::start(config(backend));
+        let mut opts = options(&format!("http://{}/plaintext", server.addr));
+        opts.pipeline = 8;
+        opts.warmup = Duration::from_millis(200);
+        let out = load::run(&opts).unwrap();
+        let t = &out.tally;
+        assert!(t.responses > 1000, "{backend:?}: {}", t.responses);
+        assert_eq!(t.errors.total(), 0, "{backend:?}: {:?}", t.errors);
+        assert_eq!(t.statuses[200], t.responses);
+        assert!(t.warmup_responses > 0);
+        assert_eq!(t.connects, 8);
+        assert_eq!(t.corrected.len(), t.responses);
+        assert_counts_agree(&server, &out);
+    }
+}
+
+#[test]
+fn open_loop_holds_its_rate() {
+    for backend in backends() {
+        let server = TestServer::start(config(backend));
+        let mut opts = options(&format!("http://{}/plaintext", server.addr));
+        opts.profile = Some(schedule::parse_profile("2000@1s").unwrap());
+        opts.duration = Duration::from_secs(1);
+        let out = load::run(&opts).unwrap();
+        let t = &out.tally;
+        // 2000 due; the last few may still be in flight.
+        let sent = t.responses + t.in_flight_end;
+        assert!((1990..=2000).contains(&sent), "{backend:?}: {sent}");
+        assert_eq!(t.unsent_end, 0);
+        assert_eq!(t.errors.total(), 0, "{:?}", t.errors);
+        assert_eq!(t.lag.len(), 2000);
+        // Unloaded: no request waits for a connection, so corrected and
+        // uncorrected latency differ only by the send lag.
+        assert!(t.corrected.value_at_quantile(0.5) < 5_000);
+        assert_counts_agree(&server, &out);
+    }
+}
+
+#[test]
+fn connection_per_request_opens_a_connection_each_time() {
+    for backend in backends() {
+        let server = TestServer::start(config(backend));
+        let mut opts = options(&format!("http://{}/plaintext", server.addr));
+        opts.conn_per_request = true;
+        opts.connections = 4;
+        opts.duration = Duration::from_millis(400);
+        let out = load::run(&opts).unwrap();
+        let t = &out.tally;
+        assert!(t.responses > 100, "{}", t.responses);
+        assert_eq!(t.errors.total(), 0, "{:?}", t.errors);
+        assert!(t.connects >= t.responses, "{} connects", t.connects);
+        let accepted = server.total(|s| s.accepted.get());
+        assert!(accepted >= t.responses, "{accepted} accepted");
+        assert_counts_agree(&server, &out);
+    }
+}
+
+#[test]
+fn reconnect_after_n_responses() {
+    let server = TestServer::start(config(Backend::Epoll));
+    let mut opts = options(&format!("http://{}/plaintext", server.addr));
+    opts.reconnect_after = Some(10);
+    opts.pipeline = 4;
+    let out = load::run(&opts).unwrap();
+    let t = &out.tally;
+    assert_eq!(t.errors.total(), 0, "{:?}", t.errors);
+    let per_conn = t.responses as f64 / t.connects as f64;
+    assert!((9.0..=10.0).contains(&per_conn), "{per_conn}");
+}
+
+/// A server that answers every read with `reply` and then does `after`.
+fn scripted(reply: &'static [u8], close: bool) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(reply).is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn garbage_and_closes_are_counted_errors_not_hangs() {
+    let cases: [(&[u8], bool); 3] = [
+        (b"SSH-2.0-nope\r\n\r\n", false),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            false,
+        ),
+        (b"", true),
+    ];
+    for (reply, close) in cases {
+        let addr = scripted(reply, close);
+        let mut opts = options(&format!("http://{addr}/"));
+        opts.duration = Duration::from_millis(300);
+        let started = Instant::now();
+        let out = load::run(&opts).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let e = &out.tally.errors;
+        assert_eq!(out.tally.responses, 0);
+        if close {
+            assert!(e.closed > 0, "{e:?}");
+        } else {
+            assert!(e.framing > 0, "{e:?}");
+        }
+    }
+}
+
+#[test]
+fn unanswered_requests_time_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut opts = options(&format!("http://{addr}/"));
+    opts.connections = 2;
+    opts.timeout = Duration::from_millis(100);
+    opts.duration = Duration::from_millis(500);
+    // The backlog completes the handshakes; nobody ever reads.
+    let out = load::run(&opts).unwrap();
+    assert!(out.tally.errors.timeout >= 2, "{:?}", out.tally.errors);
+    drop(listener);
+}
+
+#[test]
+fn the_binary_reports_and_exits_by_outcome() {
+    let server = TestServer::start(config(Backend::Epoll));
+    let url = format!("http://{}/plaintext", server.addr);
+    let dir = std::env::temp_dir().join(format!("coreloop-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hgrm = dir.join("out.hgrm");
+    let out = Command::new(BIN)
+        .args(["load", &url, "-c", "4", "-d", "300ms", "-q", "--no-pin"])
+        .args(["--json", "-", "--hgrm"])
+        .arg(&hgrm)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("closed loop, 4 connections"), "{stdout}");
+    let json = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("json line");
+    assert!(json.contains("\"statuses\":{\"200\":"), "{json}");
+    let text = std::fs::read_to_string(&hgrm).unwrap();
+    assert!(text.contains("Total count"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Nothing listens there: exit 1, one line naming the cause.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "load",
+            &format!("http://{dead}/"),
+            "-d",
+            "300ms",
+            "-q",
+            "-c",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no response from") && stderr.contains("connect errors"),
+        "{stderr}"
+    );
+
+    for bad in [
+        &["load", "https://x/"][..],
+        &["load", "-c", "0"],
+        &["load", "--pipeline", "0"],
+        &["load", "-R", "0"],
+        &["load", "-R", "fast"],
+        &["load", "--profile", "10"],
+        &["load", "--conn-per-request", "--pipeline", "4"],
+        &["load", "-H", "no colon"],
+        &["load", "-d", "soon"],
+    ] {
+        let out = Command::new(BIN).args(bad).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(
+            stderr.lines().next().unwrap_or("").contains("error"),
+            "{bad:?}: {stderr}"
+        );
+    }
+}
