@@ -1,6 +1,7 @@
 //! Command-line flags: parsed with clap into a `Config`. A bad value prints
 //! one line and exits 2 (clap's convention, kept for our own checks too).
 
+mod ab;
 mod file;
 mod load;
 
@@ -506,6 +507,9 @@ pub fn main() -> ExitCode {
     }
     if argv.get(1).is_some_and(|a| a == "load") {
         return load::main(&argv);
+    }
+    if argv.get(1).is_some_and(|a| a == "ab") {
+        return ab::main(&argv);
     }
     let args = match parse(argv) {
         Ok(args) => args,

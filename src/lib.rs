@@ -12,7 +12,8 @@
 //!   [`numa`]: starting the cores, their knobs, the drain protocol,
 //!   sockets, CPUs and memory placement.
 //! - [`doctor`]: `coreloop doctor`, a read-only report on host settings.
-//! - [`load`]: `coreloop load`, the load generator.
+//! - [`load`] and [`ab`]: `coreloop load`, the load generator, and
+//!   `coreloop ab`, A/B experiments on two server command lines.
 //! - [`upgrade`] and [`notify`]: handing the sockets to a new binary
 //!   (SIGUSR2), and telling systemd or the old process that we are ready.
 //!
@@ -27,6 +28,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod ab;
 pub mod access_log;
 pub mod cli;
 pub mod config;

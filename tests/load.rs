@@ -199,6 +199,22 @@ fn the_binary_reports_and_exits_by_outcome() {
     let dir = std::env::temp_dir().join(format!("coreloop-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let hgrm = dir.join("out.hgrm");
+    let cpu = coreloop::topology::allowed_cpus().unwrap()[0].to_string();
+    let out = Command::new(BIN)
+        .args(["load", &url, "-c", "4", "-q", "--cpus", &cpu])
+        .args(["--profile", "100@200ms,100..300@200ms"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("open loop, profile of 2 segments"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("1 thread(s) (cpu {cpu})")),
+        "{stdout}"
+    );
     let out = Command::new(BIN)
         .args(["load", &url, "-c", "4", "-d", "300ms", "-q", "--no-pin"])
         .args(["--json", "-", "--hgrm"])
@@ -260,4 +276,85 @@ fn the_binary_reports_and_exits_by_outcome() {
             "{bad:?}: {stderr}"
         );
     }
+}
+
+/// `coreloop ab`: an A/A run of two short rounds reports both rounds, the
+/// ratios and the reading; bad flags exit 2, a server that dies exits 1.
+#[test]
+fn ab_runs_rounds_and_reads_them() {
+    let cpus = coreloop::topology::allowed_cpus().unwrap();
+    let (server_cpu, client_cpu) = (cpus[0], *cpus.last().unwrap());
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(BIN)
+        .args([
+            "ab",
+            "--a",
+            "--backend epoll --no-files",
+            "--aa",
+            "--rounds",
+            "2",
+        ])
+        .args([
+            "-d", "300ms", "--warmup", "100ms", "--load", "-c 8", "--seed", "5",
+        ])
+        .args(["--port", &port.to_string(), "--json", "-"])
+        .args(["--server-cpu", &server_cpu.to_string()])
+        .args(["--client-cpu", &client_cpu.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("round  1") && stdout.contains("round  2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("B/A median"), "{stdout}");
+    let json = stdout
+        .lines()
+        .find(|l| l.starts_with("{\"a_us\""))
+        .expect("json");
+    let ratios = json
+        .split("\"ratios\":[")
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap();
+    assert_eq!(ratios.split(',').count(), 2, "{json}");
+    for r in ratios.split(',') {
+        let r: f64 = r.parse().unwrap();
+        assert!(r > 0.2 && r < 5.0, "{json}");
+    }
+
+    for bad in [
+        &["ab", "--rounds", "0"][..],
+        &["ab", "--load", "-c 0"],
+        &["ab", "--path", "plaintext"],
+        &["ab", "--server-cpu", "4000"],
+    ] {
+        let out = Command::new(BIN).args(bad).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+    }
+    let out = Command::new(BIN)
+        .args([
+            "ab",
+            "--a-cmd",
+            "exit 3",
+            "--aa",
+            "--rounds",
+            "1",
+            "--port",
+            &port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("exited"), "{stderr}");
 }

@@ -29,8 +29,8 @@ struct LoadArgs {
     #[arg(short = 't', long)]
     threads: Option<usize>,
     /// CPUs to pin the threads to, e.g. 1 or 2-3 (default: the affinity mask).
-    #[arg(long, value_name = "LIST", value_parser = topology::parse_cpu_list)]
-    cpus: Option<Vec<usize>>,
+    #[arg(long, value_name = "LIST", value_parser = |t: &str| topology::parse_cpu_list(t).map(Cpus))]
+    cpus: Option<Cpus>,
     /// Do not pin the threads.
     #[arg(long)]
     no_pin: bool,
@@ -49,8 +49,8 @@ struct LoadArgs {
     rate: Option<f64>,
     /// Open loop with a rate profile instead of -R and -d: steps and ramps,
     /// e.g. 1000@10s,1000..5000@5s,5000@10s.
-    #[arg(long, conflicts_with = "rate", value_parser = schedule::parse_profile)]
-    profile: Option<Vec<schedule::Segment>>,
+    #[arg(long, conflicts_with = "rate", value_parser = |t: &str| schedule::parse_profile(t).map(Profile))]
+    profile: Option<Profile>,
     /// A new connection for every request (sends Connection: close).
     #[arg(long, conflicts_with = "reconnect_after")]
     conn_per_request: bool,
@@ -79,6 +79,12 @@ struct LoadArgs {
     #[arg(short = 'q', long)]
     quiet: bool,
 }
+
+/// Newtypes, so clap sees one value where the parser returns a list.
+#[derive(Clone, Debug)]
+struct Cpus(Vec<usize>);
+#[derive(Clone, Debug)]
+struct Profile(Vec<schedule::Segment>);
 
 /// Runs `coreloop load` with `argv` (starting at the program name).
 pub fn main(argv: &[OsString]) -> ExitCode {
@@ -123,6 +129,22 @@ pub fn main(argv: &[OsString]) -> ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// Load options from `coreloop load`'s flags (`argv` without the
+/// program name), as `coreloop ab` takes them.
+pub(super) fn parse_options(argv: &[String]) -> Result<Options, String> {
+    let args = LoadArgs::try_parse_from(
+        std::iter::once("coreloop load".to_string()).chain(argv.iter().cloned()),
+    )
+    .map_err(|e| {
+        e.to_string()
+            .lines()
+            .next()
+            .unwrap_or("bad load flags")
+            .to_string()
+    })?;
+    options(&args)
 }
 
 fn write_out(path: &PathBuf, text: &str) -> std::io::Result<()> {
@@ -173,7 +195,7 @@ fn options(a: &LoadArgs) -> Result<Options, String> {
     }
     let cpus = threads(a)?;
     let profile = match (&a.profile, a.rate) {
-        (Some(p), _) => Some(p.clone()),
+        (Some(Profile(p)), _) => Some(p.clone()),
         (None, Some(r)) => Some(vec![schedule::Segment {
             from: r,
             to: r,
@@ -205,7 +227,7 @@ fn options(a: &LoadArgs) -> Result<Options, String> {
 fn threads(a: &LoadArgs) -> Result<Vec<Option<usize>>, String> {
     let allowed = topology::allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
     let cpus = match &a.cpus {
-        Some(list) => {
+        Some(Cpus(list)) => {
             if let Some(bad) = list.iter().find(|c| !allowed.contains(c)) {
                 return Err(format!(
                     "--cpus: CPU {bad} is not in this process's affinity mask {allowed:?}"

@@ -92,13 +92,17 @@ pub fn text(o: &Outcome, url: &str, mode: &str) -> String {
         t.connects
     );
     let busy = busy_share(o);
+    let per = if t.responses + t.warmup_responses == 0 {
+        "no responses".to_string()
+    } else {
+        format!("{:.2} us per response", cpu_per_response(o) * 1e6)
+    };
     let _ = writeln!(
         s,
-        "  client CPU  {:.2} s, {:.0}% of {} thread(s), {:.2} us per response",
+        "  client CPU  {:.2} s, {:.0}% of {} thread(s), {per}",
         t.cpu.as_secs_f64(),
         busy * 100.0,
         o.threads,
-        cpu_per_response(o) * 1e6
     );
     for w in warnings(o, open) {
         let _ = writeln!(s, "warning: {w}");

@@ -226,6 +226,9 @@ pub fn run(plan: Plan, live: &Live) -> io::Result<Tally> {
     };
     w.run()?;
     let mut tally = w.tally;
+    if w.plan.schedule.is_none() {
+        tally.uncorrected = tally.corrected.clone();
+    }
     tally.in_flight_end = w.conns.iter().map(|c| c.reader.in_flight() as u64).sum();
     if let Some(s) = &mut w.plan.schedule {
         while s.peek().is_some_and(|t| t < w.plan.end) {
@@ -365,13 +368,18 @@ impl Worker<'_> {
         self.mark(id);
     }
 
-    /// A connection can take requests: closed loop, owe it a full
-    /// pipeline; open loop, list it.
+    /// A connection can take requests: closed loop, top its pipeline up
+    /// once half of it (or all of it) has been answered, so one write
+    /// carries several requests and one read several responses; open
+    /// loop, list it.
     fn ready(&mut self, id: usize) {
         let room = self.room(id);
+        let batch = self.plan.depth.div_ceil(2);
         let c = &mut self.conns[id];
         if self.plan.schedule.is_none() {
-            c.owed = room;
+            if c.owed + room >= batch || c.reader.in_flight() == 0 {
+                c.owed += room;
+            }
         } else if room > 0 && !c.listed {
             c.listed = true;
             self.idle.push(id);
@@ -421,10 +429,11 @@ impl Worker<'_> {
                 }
             };
             let (tally, warmup) = (&mut self.tally, self.plan.warmup);
+            let open = self.plan.schedule.is_some();
             let mut completed = 0;
             let fed = c.reader.feed(&self.scratch[..n], |d| {
                 completed += 1;
-                record(tally, d, now, warmup);
+                record(tally, d, now, warmup, open);
             });
             if let Err(e) = fed {
                 self.tally.errors.framing += 1;
@@ -460,8 +469,9 @@ impl Worker<'_> {
 
     fn eof(&mut self, id: usize, now: u64) {
         let (tally, warmup) = (&mut self.tally, self.plan.warmup);
+        let open = self.plan.schedule.is_some();
         let c = &mut self.conns[id];
-        c.reader.eof(|d| record(tally, d, now, warmup));
+        c.reader.eof(|d| record(tally, d, now, warmup, open));
         self.tally.errors.closed += c.reader.in_flight() as u64;
         self.replace(id, now, false);
     }
@@ -559,7 +569,7 @@ impl Worker<'_> {
     }
 }
 
-fn record(t: &mut Tally, d: Done, now: u64, warmup: u64) {
+fn record(t: &mut Tally, d: Done, now: u64, warmup: u64, open: bool) {
     if d.sent.intended < warmup {
         t.warmup_responses += 1;
         return;
@@ -567,8 +577,11 @@ fn record(t: &mut Tally, d: Done, now: u64, warmup: u64) {
     t.responses += 1;
     t.corrected
         .saturating_record(now.saturating_sub(d.sent.intended) / 1000);
-    t.uncorrected
-        .saturating_record(now.saturating_sub(d.sent.actual) / 1000);
+    // In a closed loop the two are one (copied at the end).
+    if open {
+        t.uncorrected
+            .saturating_record(now.saturating_sub(d.sent.actual) / 1000);
+    }
     if let Some(n) = t.statuses.get_mut(usize::from(d.status)) {
         *n += 1;
     }
