@@ -33,17 +33,17 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] ||
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release -q
 BIN=target/release/coreloop
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cat >"$TMP/nginx.conf" <<EOF
 user $(id -un) $(id -gn);
 worker_processes 1;
 worker_cpu_affinity 0001;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile 16384;
 daemon off;
 pid $TMP/nginx.pid;
 error_log $TMP/nginx-error.log warn;
-events { worker_connections 65536; use epoll; }
+events { worker_connections 16384; use epoll; }
 http {
     access_log off;
     keepalive_requests 10000000;
@@ -63,13 +63,13 @@ start() {   # start SERVER -> sets PORT and CPIDS (processes whose CPU counts)
             PORT=18201 ;;
         *)
             taskset -c 0 "$BIN" --port 18202 --workers 1 --cpus 0 --backend "${1#coreloop-}" \
-                --no-files --log-level warn --max-conns 65536 --backlog 4096 &
+                --no-files --log-level warn --max-conns 16384 --backlog 4096 &
             PORT=18202 ;;
     esac
     local pid=$!
     PIDS+=("$pid")
     for _ in $(seq 50); do curl -fs "http://127.0.0.1:$PORT/plaintext" >/dev/null && break; sleep 0.1; done
-    CPIDS="$pid $(pgrep -P "$pid" | tr '\n' ' ')"
+    CPIDS="$pid $( (pgrep -P "$pid" || true) | tr "\n" " ")"
 }
 
 cpu_ticks() { for p in $CPIDS; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }

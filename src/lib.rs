@@ -36,6 +36,7 @@ pub mod doctor;
 pub mod handler;
 pub mod http;
 pub mod io;
+pub mod json;
 pub mod listener;
 pub mod load;
 pub mod logging;

@@ -181,25 +181,10 @@ pub fn json(findings: &[Finding]) -> String {
                 out.push_str(", ");
             }
             let _ = write!(out, "\"{k}\": ");
-            json_string(&mut out, v);
+            crate::json::push_str(&mut out, v);
         }
         out.push('}');
     }
     out.push_str("\n]\n");
     out
-}
-
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }

@@ -266,9 +266,18 @@ impl Worker<'_> {
                 Err(e) => return Err(e),
             }
             let now = self.now();
+            let open = self.plan.schedule.is_some();
+            let mut now = now;
             for ev in events.iter() {
                 let readable = ev.is_readable() || ev.is_error() || ev.is_read_closed();
                 self.event(ev.token().0, readable, now);
+                if open {
+                    // Requests falling due while a burst of events is
+                    // handled go out between events, not after the burst.
+                    now = self.now();
+                    self.dispatch(now);
+                    self.flush(now);
+                }
             }
             if now >= next_tick {
                 self.tick(now);
