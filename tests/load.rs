@@ -30,6 +30,7 @@ fn options(url: &str) -> Options {
         duration: Duration::from_millis(700),
         warmup: Duration::ZERO,
         profile: None,
+        conn_profile: None,
         conn_per_request: false,
         reconnect_after: None,
         timeout: Duration::from_secs(5),
@@ -129,6 +130,28 @@ fn reconnect_after_n_responses() {
     assert_eq!(t.errors.total(), 0, "{:?}", t.errors);
     let per_conn = t.responses as f64 / t.connects as f64;
     assert!((9.0..=10.0).contains(&per_conn), "{per_conn}");
+}
+
+#[test]
+fn connection_profile_opens_and_retires_connections() {
+    let server = TestServer::start(config(Backend::Epoll));
+    let mut opts = options(&format!("http://{}/plaintext", server.addr));
+    opts.cpus = vec![None];
+    opts.conn_profile = Some(schedule::parse_profile("2@300ms,8@300ms,3@300ms").unwrap());
+    opts.duration = Duration::from_millis(900);
+    let out = load::run(&opts).unwrap();
+    let t = &out.tally;
+    assert_eq!(t.errors.total(), 0, "{:?}", t.errors);
+    // 2 at first, 6 more for the second step; the third step retires 5.
+    assert_eq!(t.connects, 8);
+    assert!(t.in_flight_end <= 3, "{}", t.in_flight_end);
+    let closed = server.total(|s| s.closed.get());
+    assert!(
+        common::net::eventually(Duration::from_secs(2), || server.total(|s| s.closed.get())
+            >= 5),
+        "{closed} closed"
+    );
+    assert_counts_agree(&server, &out);
 }
 
 /// A server that answers every read with `reply` and then does `after`.

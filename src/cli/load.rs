@@ -51,6 +51,10 @@ struct LoadArgs {
     /// e.g. 1000@10s,1000..5000@5s,5000@10s.
     #[arg(long, conflicts_with = "rate", value_parser = |t: &str| schedule::parse_profile(t).map(Profile))]
     profile: Option<Profile>,
+    /// Connections over time instead of -c and -d: steps and ramps of
+    /// counts, e.g. 16@10s,16..512@20s,512@10s (closed or open loop).
+    #[arg(long, conflicts_with = "connections", value_parser = |t: &str| schedule::parse_profile(t).map(Profile))]
+    conn_profile: Option<Profile>,
     /// A new connection for every request (sends Connection: close).
     #[arg(long, conflicts_with = "reconnect_after")]
     conn_per_request: bool,
@@ -194,6 +198,12 @@ fn options(a: &LoadArgs) -> Result<Options, String> {
         }
     }
     let cpus = threads(a)?;
+    if a.conn_profile.as_ref().is_some_and(|Profile(p)| {
+        p.iter()
+            .any(|s| s.from < 1.0 || s.to < 1.0 || s.from.max(s.to) > 1e6)
+    }) {
+        return Err("--conn-profile counts must be between 1 and 1000000".into());
+    }
     let profile = match (&a.profile, a.rate) {
         (Some(Profile(p)), _) => Some(p.clone()),
         (None, Some(r)) => Some(vec![schedule::Segment {
@@ -203,18 +213,29 @@ fn options(a: &LoadArgs) -> Result<Options, String> {
         }]),
         (None, None) => None,
     };
-    let duration = profile.as_deref().map_or(a.duration, schedule::length);
+    let conn_profile = a.conn_profile.as_ref().map(|Profile(p)| p.clone());
+    let duration = profile
+        .as_deref()
+        .or(conn_profile.as_deref())
+        .map_or(a.duration, schedule::length);
+    let connections = conn_profile.as_ref().map_or(a.connections, |p| {
+        p.iter()
+            .map(|s| s.from.max(s.to).round() as usize)
+            .max()
+            .unwrap_or(1)
+    });
     Ok(Options {
         target,
         method: a.method.clone(),
         headers: a.headers.clone(),
         body: a.body.as_ref().map(|b| b.clone().into_bytes()),
-        connections: a.connections,
+        connections,
         cpus,
         pipeline: a.pipeline,
         duration,
         warmup: a.warmup,
         profile,
+        conn_profile,
         conn_per_request: a.conn_per_request,
         reconnect_after: a.reconnect_after,
         timeout: a.timeout,
@@ -263,9 +284,12 @@ fn describe(o: &Options) -> String {
         o.reconnect_after
             .map_or_else(String::new, |n| format!(", reconnect after {n}"))
     };
+    let conns = match &o.conn_profile {
+        Some(p) => format!("connections by a profile of {} segments", p.len()),
+        None => format!("{} connections", o.connections),
+    };
     format!(
-        "{loop_kind}, {} connections, pipeline {}{per}, {} thread(s) ({})",
-        o.connections,
+        "{loop_kind}, {conns}, pipeline {}{per}, {} thread(s) ({})",
         o.pipeline,
         o.cpus.len(),
         cpus.join(", ")

@@ -96,6 +96,9 @@ pub struct Options {
     /// Open loop: the rate profile over the measured part (the warm-up
     /// runs at the first segment's starting rate). `None`: closed loop.
     pub profile: Option<Vec<Segment>>,
+    /// Connections over the measured time instead of `connections`
+    /// (steps and ramps of counts; the warm-up holds the first).
+    pub conn_profile: Option<Vec<Segment>>,
     /// A new connection for every request (`Connection: close`).
     pub conn_per_request: bool,
     /// Close each connection after this many responses.
@@ -174,7 +177,19 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
     let live: Arc<Vec<Live>> = Arc::new((0..threads).map(|_| Live::default()).collect());
     let mut handles = Vec::new();
     for (i, cpu) in opts.cpus.iter().copied().enumerate() {
-        let conns = opts.connections / threads + usize::from(i < opts.connections % threads);
+        let conn_profile = opts.conn_profile.as_ref().map(|p| {
+            p.iter()
+                .map(|s| Segment {
+                    from: s.from / threads as f64,
+                    to: s.to / threads as f64,
+                    length: s.length,
+                })
+                .collect::<Vec<_>>()
+        });
+        let conns = match &conn_profile {
+            Some(p) => worker::conns_at(p, 0),
+            None => opts.connections / threads + usize::from(i < opts.connections % threads),
+        };
         let schedule = opts.profile.as_ref().map(|p| {
             let mut segments = Vec::with_capacity(p.len() + 1);
             if !opts.warmup.is_zero() {
@@ -203,6 +218,7 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
                 opts.reconnect_after
             },
             schedule,
+            conn_profile,
             start,
             warmup,
             end,
@@ -282,6 +298,7 @@ mod tests {
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
             profile: None,
+            conn_profile: None,
             conn_per_request: true,
             reconnect_after: None,
             timeout: Duration::from_secs(1),

@@ -18,7 +18,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use super::client::{Done, ReadError, Reader, Sent};
-use super::schedule::Schedule;
+use super::schedule::{Schedule, Segment};
 
 /// What one thread does.
 #[derive(Debug)]
@@ -37,6 +37,9 @@ pub struct Plan {
     pub reconnect_after: Option<u64>,
     /// Open loop: when each request is due. `None`: closed loop.
     pub schedule: Option<Schedule>,
+    /// This thread's connections over the measured time (steps and ramps;
+    /// the warm-up holds the first value). `None`: `conns` throughout.
+    pub conn_profile: Option<Vec<Segment>>,
     /// The run's start, shared by all threads.
     pub start: Instant,
     /// Responses to requests meant before this (ns from the start) are
@@ -185,6 +188,26 @@ struct Conn {
     touched: bool,
     /// When to connect again (ns), if waiting to.
     retry_at: Option<u64>,
+    /// Above the connection profile's count: takes no more requests and
+    /// closes once its last response is in.
+    retired: bool,
+}
+
+impl Conn {
+    fn new(head_only: bool) -> Conn {
+        Conn {
+            stream: None,
+            connected: false,
+            reader: Reader::new(head_only),
+            out: Vec::new(),
+            written: 0,
+            owed: 0,
+            listed: false,
+            touched: false,
+            retry_at: None,
+            retired: false,
+        }
+    }
 }
 
 struct Worker<'a> {
@@ -201,19 +224,7 @@ struct Worker<'a> {
 /// Runs one thread's share of the load until the plan's end.
 pub fn run(plan: Plan, live: &Live) -> io::Result<Tally> {
     let poll = Poll::new()?;
-    let conns = (0..plan.conns)
-        .map(|_| Conn {
-            stream: None,
-            connected: false,
-            reader: Reader::new(plan.head_only),
-            out: Vec::new(),
-            written: 0,
-            owed: 0,
-            listed: false,
-            touched: false,
-            retry_at: None,
-        })
-        .collect();
+    let conns = (0..plan.conns).map(|_| Conn::new(plan.head_only)).collect();
     let mut w = Worker {
         plan,
         poll,
@@ -284,7 +295,13 @@ impl Worker<'_> {
                 next_tick = now + TICK;
             }
         }
-        self.tick(self.now());
+        // Requests that fell due just before the end still go out (and
+        // count as in flight); only those no connection could take are
+        // left unsent.
+        let now = self.now();
+        self.dispatch(now.min(self.plan.end.saturating_sub(1)));
+        self.flush(now);
+        self.tick(now);
         Ok(())
     }
 
@@ -331,7 +348,8 @@ impl Worker<'_> {
         }
     }
 
-    /// Drops connection `id` and opens a new one now (`retry`: later).
+    /// Drops connection `id` and opens a new one now (`retry`: later; a
+    /// retired one stays closed).
     fn replace(&mut self, id: usize, now: u64, retry: bool) {
         let c = &mut self.conns[id];
         c.stream = None;
@@ -340,6 +358,10 @@ impl Worker<'_> {
         c.out.clear();
         c.written = 0;
         c.owed = 0;
+        c.retry_at = None;
+        if c.retired {
+            return;
+        }
         if retry {
             c.retry_at = Some(now + RETRY);
         } else {
@@ -398,7 +420,7 @@ impl Worker<'_> {
     /// Requests connection `id` may still take now.
     fn room(&self, id: usize) -> usize {
         let c = &self.conns[id];
-        if !c.connected || c.reader.closing() {
+        if !c.connected || c.reader.closing() || c.retired {
             return 0;
         }
         let mut room = self
@@ -467,7 +489,7 @@ impl Worker<'_> {
         let c = &self.conns[id];
         if c.reader.in_flight() == 0 {
             let spent = self.plan.reconnect_after.is_some_and(|n| c.written >= n);
-            if c.reader.closing() || spent {
+            if c.reader.closing() || spent || c.retired {
                 self.replace(id, now, false);
                 return true;
             }
@@ -553,8 +575,48 @@ impl Worker<'_> {
         }
     }
 
-    /// Timeouts, due reconnects, and the live counters.
+    /// Opens or retires connections to match the profile at `now`.
+    fn follow(&mut self, now: u64) {
+        let Some(profile) = &self.plan.conn_profile else {
+            return;
+        };
+        let target = conns_at(profile, now.saturating_sub(self.plan.warmup));
+        let mut active = self.conns.iter().filter(|c| !c.retired).count();
+        let mut id = 0;
+        while active < target {
+            match self.conns[id..]
+                .iter()
+                .position(|c| c.retired && c.stream.is_none())
+            {
+                Some(i) => id += i,
+                None => {
+                    id = self.conns.len();
+                    self.conns.push(Conn::new(self.plan.head_only));
+                }
+            }
+            self.conns[id].retired = false;
+            self.open(id, now);
+            active += 1;
+        }
+        for id in (0..self.conns.len()).rev() {
+            if active <= target {
+                break;
+            }
+            if self.conns[id].retired {
+                continue;
+            }
+            self.conns[id].retired = true;
+            active -= 1;
+            if self.conns[id].reader.in_flight() == 0 {
+                self.replace(id, now, false);
+            }
+        }
+    }
+
+    /// Timeouts, due reconnects, the connection profile and the live
+    /// counters.
     fn tick(&mut self, now: u64) {
+        self.follow(now);
         for id in 0..self.conns.len() {
             let c = &self.conns[id];
             if c.retry_at.is_some_and(|t| t <= now) {
@@ -576,6 +638,24 @@ impl Worker<'_> {
             .store(t.responses + t.warmup_responses, Ordering::Relaxed);
         self.live.errors.store(t.errors.total(), Ordering::Relaxed);
     }
+}
+
+/// The connection count a profile asks for `at` ns into it (the first
+/// value before it, the last after it), at least 1.
+pub fn conns_at(profile: &[Segment], at: u64) -> usize {
+    let mut start = 0.0;
+    let t = at as f64 / 1e9;
+    let mut value = profile.first().map_or(1.0, |s| s.from);
+    for s in profile {
+        let len = s.length.as_secs_f64();
+        if t < start + len {
+            value = s.from + (s.to - s.from) * ((t - start) / len).max(0.0);
+            break;
+        }
+        value = s.to;
+        start += len;
+    }
+    (value.round() as usize).max(1)
 }
 
 fn record(t: &mut Tally, d: Done, now: u64, warmup: u64, open: bool) {
@@ -607,4 +687,22 @@ fn thread_cpu() -> Duration {
             tv(u.user_time()) + tv(u.system_time())
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_counts_follow_steps_and_ramps() {
+        let p = crate::load::schedule::parse_profile("4@1s,4..24@2s,2@1s").unwrap();
+        let at = |ms: u64| conns_at(&p, ms * 1_000_000);
+        assert_eq!(at(0), 4);
+        assert_eq!(at(999), 4);
+        assert_eq!(at(2000), 14);
+        assert_eq!(at(3500), 2);
+        assert_eq!(at(9000), 2);
+        let low = crate::load::schedule::parse_profile("0.2@1s").unwrap();
+        assert_eq!(conns_at(&low, 0), 1);
+    }
 }
