@@ -21,6 +21,7 @@ pub fn examine(host: &Host, plan: &Plan, uring: Result<String, String>) -> Vec<F
     busy_poll(host, &mut out);
     numa_balancing(host, &mut out);
     thp(host, &mut out);
+    hugetlb(host, plan, &mut out);
     governor(host, &mut out);
     isolation(host, &mut out);
     irqbalance(host, &mut out);
@@ -379,6 +380,30 @@ fn thp(host: &Host, out: &mut Vec<Finding>) {
     }
 }
 
+/// Reserved huge pages against what `--huge-pages hugetlb` takes: the
+/// default receive-buffer ring (1024 x 4 KiB) is two 2 MiB pages a core.
+fn hugetlb(host: &Host, plan: &Plan, out: &mut Vec<Finding>) {
+    let name = "vm.nr_hugepages";
+    let free = match host.read("proc/meminfo") {
+        Err(e) => return out.push(unknown(name, e)),
+        Ok(text) => text
+            .lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:"))
+            .and_then(|n| n.trim().parse::<u64>().ok()),
+    };
+    let Some(free) = free else {
+        return out.push(unknown(name, "no HugePages_Free in /proc/meminfo".into()));
+    };
+    let needed = 2 * plan.workers;
+    let mut f = finding(name, Level::Info, format!("{free} huge pages free"));
+    f.why = "only for --huge-pages hugetlb (io_uring): each core maps its receive-buffer ring on reserved huge pages, 2 per core at the default buffer sizes; with too few the server refuses to start. --huge-pages thp needs none".into();
+    if free < needed {
+        f.recommended = format!("{needed} free for {} workers", plan.workers);
+        f.fix = format!("sysctl -w vm.nr_hugepages={needed}");
+    }
+    out.push(f);
+}
+
 fn governor(host: &Host, out: &mut Vec<Finding>) {
     let name = "cpu frequency governor";
     let govs: Vec<String> = host
@@ -603,6 +628,11 @@ mod tests {
         write(&root, "proc/sys/kernel/io_uring_disabled", "2\n");
         write(
             &root,
+            "proc/meminfo",
+            "MemTotal: 100 kB\nHugePages_Free:        3\n",
+        );
+        write(
+            &root,
             "sys/kernel/mm/transparent_hugepage/enabled",
             "[always] madvise never\n",
         );
@@ -652,6 +682,12 @@ mod tests {
         assert_eq!(get(&f, "kernel.io_uring_disabled").level, Level::Warn);
         assert_eq!(get(&f, "io_uring").level, Level::Warn);
         assert_eq!(get(&f, "transparent hugepages").current, "always");
+        let huge = get(&f, "vm.nr_hugepages");
+        assert_eq!(huge.current, "3 huge pages free");
+        assert_eq!(
+            huge.fix,
+            format!("sysctl -w vm.nr_hugepages={}", 2 * PLAN.workers)
+        );
         assert_eq!(get(&f, "cpu frequency governor").level, Level::Advice);
         assert_eq!(
             get(&f, "kernel.numa_balancing").level,
