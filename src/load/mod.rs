@@ -10,6 +10,7 @@
 //! - [`report`]: the summary, JSON and `.hgrm` output.
 
 pub mod client;
+mod epoll;
 pub mod report;
 pub mod schedule;
 pub mod worker;
@@ -231,7 +232,7 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
                 if let Some(cpu) = cpu {
                     crate::topology::pin_current_thread(cpu)?;
                 }
-                worker::run(plan, &live[i])
+                epoll::run(plan, &live[i])
             })
             .map_err(Error::Setup)?;
         handles.push(handle);

@@ -1,21 +1,16 @@
-//! One load thread: its connections on its own epoll instance (mio, edge
-//! triggered, registered once), closed loop (each response lets the next
-//! request go) or open loop (requests go at their scheduled times).
-//!
-//! Per request the thread makes one `write` (all requests a connection
-//! owes go in one) and one `read` (one per readable event while the read
-//! does not fill the buffer), plus its share of `epoll_wait`: no
-//! `epoll_ctl` after the connect, where wrk re-arms write interest twice
-//! per request.
+//! One load thread's policy, without sockets: its connections' requests
+//! in flight, closed loop (each response lets the next request go) or open
+//! loop (requests go at their scheduled times), the connection profile,
+//! timeouts, and what is counted. The sockets are a `Wire`: epoll
+//! (`load::epoll`) or io_uring (`load::ring`) drive a `Load` through the
+//! same calls.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
 
 use super::client::{Done, ReadError, Reader, Sent};
 use super::schedule::{Schedule, Segment};
@@ -170,12 +165,26 @@ pub struct Live {
 }
 
 /// How often timeouts, reconnects and the live counters are looked at.
-const TICK: u64 = 10_000_000;
+pub(super) const TICK: u64 = 10_000_000;
 /// Before reconnecting after a failed connect.
 const RETRY: u64 = 100_000_000;
 
+/// The socket side: connects, closes and sends for a `Load`.
+pub trait Wire {
+    /// Opens a new socket for slot `id` and starts connecting it; the
+    /// backend calls `Load::connected` or `Load::connect_failed` later.
+    fn connect(&mut self, id: usize) -> io::Result<()>;
+    /// Closes slot `id`'s socket; what is still due for it is dropped.
+    fn close(&mut self, id: usize);
+    /// Sends `out`'s bytes, taking the ones it sent or now owns (the rest
+    /// stays for the next flush). `Err`: the connection failed.
+    fn send(&mut self, id: usize, out: &mut Vec<u8>) -> io::Result<()>;
+}
+
+#[derive(Debug)]
 struct Conn {
-    stream: Option<TcpStream>,
+    /// A socket is open (connecting or connected).
+    open: bool,
     connected: bool,
     reader: Reader,
     out: Vec<u8>,
@@ -196,7 +205,7 @@ struct Conn {
 impl Conn {
     fn new(head_only: bool) -> Conn {
         Conn {
-            stream: None,
+            open: false,
             connected: false,
             reader: Reader::new(head_only),
             out: Vec::new(),
@@ -210,104 +219,184 @@ impl Conn {
     }
 }
 
-struct Worker<'a> {
+/// One thread's connections and counts; the backends drive it.
+#[derive(Debug)]
+pub struct Load<'a> {
     plan: Plan,
-    poll: Poll,
     conns: Vec<Conn>,
     touched: Vec<usize>,
     idle: Vec<usize>,
-    scratch: Vec<u8>,
     tally: Tally,
     live: &'a Live,
 }
 
-/// Runs one thread's share of the load until the plan's end.
-pub fn run(plan: Plan, live: &Live) -> io::Result<Tally> {
-    let poll = Poll::new()?;
-    let conns = (0..plan.conns).map(|_| Conn::new(plan.head_only)).collect();
-    let mut w = Worker {
-        plan,
-        poll,
-        conns,
-        touched: Vec::new(),
-        idle: Vec::new(),
-        scratch: vec![0; 64 * 1024],
-        tally: Tally::new(),
-        live,
-    };
-    w.run()?;
-    let mut tally = w.tally;
-    if w.plan.schedule.is_none() {
-        tally.uncorrected = tally.corrected.clone();
-    }
-    tally.in_flight_end = w.conns.iter().map(|c| c.reader.in_flight() as u64).sum();
-    if let Some(s) = &mut w.plan.schedule {
-        while s.peek().is_some_and(|t| t < w.plan.end) {
-            tally.unsent_end += 1;
-            s.advance();
+impl<'a> Load<'a> {
+    /// A thread's load, its connections not yet opened.
+    pub fn new(plan: Plan, live: &'a Live) -> Load<'a> {
+        let conns = (0..plan.conns).map(|_| Conn::new(plan.head_only)).collect();
+        Load {
+            plan,
+            conns,
+            touched: Vec::new(),
+            idle: Vec::new(),
+            tally: Tally::new(),
+            live,
         }
     }
-    tally.cpu = thread_cpu();
-    Ok(tally)
-}
 
-impl Worker<'_> {
-    fn now(&self) -> u64 {
+    /// The counts, once the run is over.
+    pub fn finish(mut self) -> Tally {
+        let mut tally = self.tally;
+        if self.plan.schedule.is_none() {
+            tally.uncorrected = tally.corrected.clone();
+        }
+        tally.in_flight_end = self.conns.iter().map(|c| c.reader.in_flight() as u64).sum();
+        if let Some(s) = &mut self.plan.schedule {
+            while s.peek().is_some_and(|t| t < self.plan.end) {
+                tally.unsent_end += 1;
+                s.advance();
+            }
+        }
+        tally.cpu = thread_cpu();
+        tally
+    }
+
+    /// Whether this is an open loop.
+    pub fn open_loop(&self) -> bool {
+        self.plan.schedule.is_some()
+    }
+
+    /// When to stop (ns from the start).
+    pub fn end(&self) -> u64 {
+        self.plan.end
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.plan.addr
+    }
+
+    /// Opens every connection of the plan.
+    pub fn start(&mut self, wire: &mut impl Wire) {
+        let now = self.now();
+        for id in 0..self.conns.len() {
+            self.open(id, now, wire);
+        }
+    }
+
+    /// Before the backend waits, and between events in an open loop:
+    /// sends what is due and owed.
+    pub fn send_due(&mut self, now: u64, wire: &mut impl Wire) {
+        self.dispatch(now);
+        self.flush(now, wire);
+    }
+
+    /// At the end: requests that fell due just before it still go out
+    /// (and count as in flight); only those no connection could take are
+    /// left unsent.
+    pub fn stop(&mut self, wire: &mut impl Wire) {
+        let now = self.now();
+        self.dispatch(now.min(self.plan.end.saturating_sub(1)));
+        self.flush(now, wire);
+        self.tick(now, wire);
+    }
+
+    /// Nanoseconds since the run's start.
+    pub fn now(&self) -> u64 {
         u64::try_from(self.plan.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn run(&mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(1024);
-        let now = self.now();
-        for id in 0..self.conns.len() {
-            self.open(id, now);
+    /// Whether slot `id` has connected.
+    pub fn is_connected(&self, id: usize) -> bool {
+        self.conns.get(id).is_some_and(|c| c.connected)
+    }
+
+    /// Slot `id` connected: it may take requests.
+    pub fn connected(&mut self, id: usize) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        c.connected = true;
+        self.tally.connects += 1;
+        self.ready(id);
+        self.mark(id);
+    }
+
+    /// Slot `id`'s connect failed: count it, retry later.
+    pub fn connect_failed(&mut self, id: usize, now: u64, wire: &mut impl Wire) {
+        self.tally.errors.connect += 1;
+        self.replace(id, now, true, wire);
+    }
+
+    /// Slot `id` is writable again: flush what waits.
+    pub fn writable(&mut self, id: usize) {
+        if id < self.conns.len() {
+            self.mark(id);
         }
-        let mut next_tick = now + TICK;
-        loop {
-            let now = self.now();
-            if now >= self.plan.end {
-                break;
+    }
+
+    /// Bytes arrived on slot `id`. Returns false when the connection was
+    /// replaced (the backend stops reading its old socket).
+    pub fn received(&mut self, id: usize, bytes: &[u8], now: u64, wire: &mut impl Wire) -> bool {
+        let (tally, warmup) = (&mut self.tally, self.plan.warmup);
+        let open = self.plan.schedule.is_some();
+        let Some(c) = self.conns.get_mut(id) else {
+            return false;
+        };
+        let mut completed = 0;
+        let fed = c.reader.feed(bytes, |d| {
+            completed += 1;
+            record(tally, d, now, warmup, open);
+        });
+        if let Err(e) = fed {
+            self.tally.errors.framing += 1;
+            if e == ReadError::Framing {
+                self.tally.errors.closed += c.reader.in_flight() as u64;
             }
-            self.dispatch(now);
-            self.flush(now);
-            let wait = self.wait(now, next_tick);
-            match self.poll.poll(&mut events, Some(wait)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            let now = self.now();
-            let open = self.plan.schedule.is_some();
-            let mut now = now;
-            for ev in events.iter() {
-                let readable = ev.is_readable() || ev.is_error() || ev.is_read_closed();
-                self.event(ev.token().0, readable, now);
-                if open {
-                    // Requests falling due while a burst of events is
-                    // handled go out between events, not after the burst.
-                    now = self.now();
-                    self.dispatch(now);
-                    self.flush(now);
-                }
-            }
-            if now >= next_tick {
-                self.tick(now);
-                next_tick = now + TICK;
-            }
+            self.replace(id, now, false, wire);
+            return false;
         }
-        // Requests that fell due just before the end still go out (and
-        // count as in flight); only those no connection could take are
-        // left unsent.
-        let now = self.now();
-        self.dispatch(now.min(self.plan.end.saturating_sub(1)));
-        self.flush(now);
-        self.tick(now);
-        Ok(())
+        if completed > 0 && self.answered(id, now, wire) {
+            return false;
+        }
+        self.mark(id);
+        true
+    }
+
+    /// A read on slot `id` failed (a reset).
+    pub fn read_failed(&mut self, id: usize, now: u64, wire: &mut impl Wire) {
+        if let Some(c) = self.conns.get(id) {
+            self.tally.errors.read += 1;
+            self.tally.errors.closed += c.reader.in_flight() as u64;
+            self.replace(id, now, false, wire);
+        }
+    }
+
+    /// A write on slot `id` failed.
+    pub fn write_failed(&mut self, id: usize, now: u64, wire: &mut impl Wire) {
+        if let Some(c) = self.conns.get(id) {
+            self.tally.errors.write += 1;
+            self.tally.errors.closed += c.reader.in_flight() as u64;
+            self.replace(id, now, false, wire);
+        }
+    }
+
+    /// The server closed slot `id`: a body framed by the close ends; what
+    /// was still in flight is lost.
+    pub fn eof(&mut self, id: usize, now: u64, wire: &mut impl Wire) {
+        let (tally, warmup) = (&mut self.tally, self.plan.warmup);
+        let open = self.plan.schedule.is_some();
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        c.reader.eof(|d| record(tally, d, now, warmup, open));
+        self.tally.errors.closed += c.reader.in_flight() as u64;
+        self.replace(id, now, false, wire);
     }
 
     /// How long to block: until the next tick, or (open loop) the next
     /// due request; under a millisecond (epoll's resolution), not at all.
-    fn wait(&mut self, now: u64, next_tick: u64) -> Duration {
+    pub fn wait(&mut self, now: u64, next_tick: u64) -> Duration {
         let mut until = next_tick.min(self.plan.end);
         if let Some(s) = &mut self.plan.schedule {
             if let Some(t) = s.peek() {
@@ -324,23 +413,11 @@ impl Worker<'_> {
         }
     }
 
-    fn open(&mut self, id: usize, now: u64) {
+    fn open(&mut self, id: usize, now: u64, wire: &mut impl Wire) {
         let c = &mut self.conns[id];
         c.retry_at = None;
-        match TcpStream::connect(self.plan.addr) {
-            Ok(mut stream) => {
-                match self.poll.registry().register(
-                    &mut stream,
-                    Token(id),
-                    Interest::READABLE | Interest::WRITABLE,
-                ) {
-                    Ok(()) => c.stream = Some(stream),
-                    Err(_) => {
-                        self.tally.errors.connect += 1;
-                        c.retry_at = Some(now + RETRY);
-                    }
-                }
-            }
+        match wire.connect(id) {
+            Ok(()) => c.open = true,
             Err(_) => {
                 self.tally.errors.connect += 1;
                 c.retry_at = Some(now + RETRY);
@@ -350,9 +427,12 @@ impl Worker<'_> {
 
     /// Drops connection `id` and opens a new one now (`retry`: later; a
     /// retired one stays closed).
-    fn replace(&mut self, id: usize, now: u64, retry: bool) {
+    fn replace(&mut self, id: usize, now: u64, retry: bool, wire: &mut impl Wire) {
         let c = &mut self.conns[id];
-        c.stream = None;
+        if c.open {
+            wire.close(id);
+        }
+        c.open = false;
         c.connected = false;
         c.reader.reset();
         c.out.clear();
@@ -365,38 +445,8 @@ impl Worker<'_> {
         if retry {
             c.retry_at = Some(now + RETRY);
         } else {
-            self.open(id, now);
+            self.open(id, now, wire);
         }
-    }
-
-    fn event(&mut self, id: usize, readable: bool, now: u64) {
-        let Some(c) = self.conns.get_mut(id) else {
-            return;
-        };
-        let Some(stream) = &c.stream else {
-            return;
-        };
-        if !c.connected {
-            match stream.take_error() {
-                Ok(None) => {}
-                _ => {
-                    self.tally.errors.connect += 1;
-                    self.replace(id, now, true);
-                    return;
-                }
-            }
-            if stream.peer_addr().is_err() {
-                return; // still connecting
-            }
-            let _ = stream.set_nodelay(true);
-            c.connected = true;
-            self.tally.connects += 1;
-            self.ready(id);
-        }
-        if readable {
-            self.read(id, now);
-        }
-        self.mark(id);
     }
 
     /// A connection can take requests: closed loop, top its pipeline up
@@ -442,69 +492,20 @@ impl Worker<'_> {
         }
     }
 
-    fn read(&mut self, id: usize, now: u64) {
-        loop {
-            let c = &mut self.conns[id];
-            let Some(stream) = &mut c.stream else {
-                return;
-            };
-            let n = match stream.read(&mut self.scratch) {
-                Ok(0) => return self.eof(id, now),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.tally.errors.read += 1;
-                    self.tally.errors.closed += c.reader.in_flight() as u64;
-                    return self.replace(id, now, false);
-                }
-            };
-            let (tally, warmup) = (&mut self.tally, self.plan.warmup);
-            let open = self.plan.schedule.is_some();
-            let mut completed = 0;
-            let fed = c.reader.feed(&self.scratch[..n], |d| {
-                completed += 1;
-                record(tally, d, now, warmup, open);
-            });
-            if let Err(e) = fed {
-                self.tally.errors.framing += 1;
-                if e == ReadError::Framing {
-                    self.tally.errors.closed += c.reader.in_flight() as u64;
-                }
-                return self.replace(id, now, false);
-            }
-            if completed > 0 && self.answered(id, now) {
-                return;
-            }
-            if n < self.scratch.len() {
-                return;
-            }
-        }
-    }
-
     /// Responses came in on `id`: replace it when it is done (server
     /// closing, or `--reconnect-after`; returns true), else let more
     /// requests go.
-    fn answered(&mut self, id: usize, now: u64) -> bool {
+    fn answered(&mut self, id: usize, now: u64, wire: &mut impl Wire) -> bool {
         let c = &self.conns[id];
         if c.reader.in_flight() == 0 {
             let spent = self.plan.reconnect_after.is_some_and(|n| c.written >= n);
             if c.reader.closing() || spent || c.retired {
-                self.replace(id, now, false);
+                self.replace(id, now, false, wire);
                 return true;
             }
         }
         self.ready(id);
         false
-    }
-
-    fn eof(&mut self, id: usize, now: u64) {
-        let (tally, warmup) = (&mut self.tally, self.plan.warmup);
-        let open = self.plan.schedule.is_some();
-        let c = &mut self.conns[id];
-        c.reader.eof(|d| record(tally, d, now, warmup, open));
-        self.tally.errors.closed += c.reader.in_flight() as u64;
-        self.replace(id, now, false);
     }
 
     /// Open loop: hands each due request to a connection with room.
@@ -537,8 +538,8 @@ impl Worker<'_> {
         self.plan.schedule = Some(s);
     }
 
-    /// Writes what every touched connection owes, one write each.
-    fn flush(&mut self, now: u64) {
+    /// Writes what every touched connection owes, one send each.
+    fn flush(&mut self, now: u64, wire: &mut impl Wire) {
         while let Some(id) = self.touched.pop() {
             let c = &mut self.conns[id];
             c.touched = false;
@@ -551,32 +552,17 @@ impl Worker<'_> {
             }
             c.written += c.owed as u64;
             c.owed = 0;
-            let Some(stream) = &mut c.stream else {
+            if !c.connected || c.out.is_empty() {
                 continue;
-            };
-            let mut done = 0;
-            let failed = loop {
-                if done == c.out.len() {
-                    break false;
-                }
-                match stream.write(&c.out[done..]) {
-                    Ok(n) => done += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break true,
-                }
-            };
-            c.out.drain(..done);
-            if failed {
-                self.tally.errors.write += 1;
-                self.tally.errors.closed += c.reader.in_flight() as u64;
-                self.replace(id, now, false);
+            }
+            if wire.send(id, &mut c.out).is_err() {
+                self.write_failed(id, now, wire);
             }
         }
     }
 
     /// Opens or retires connections to match the profile at `now`.
-    fn follow(&mut self, now: u64) {
+    fn follow(&mut self, now: u64, wire: &mut impl Wire) {
         let Some(profile) = &self.plan.conn_profile else {
             return;
         };
@@ -584,10 +570,7 @@ impl Worker<'_> {
         let mut active = self.conns.iter().filter(|c| !c.retired).count();
         let mut id = 0;
         while active < target {
-            match self.conns[id..]
-                .iter()
-                .position(|c| c.retired && c.stream.is_none())
-            {
+            match self.conns[id..].iter().position(|c| c.retired && !c.open) {
                 Some(i) => id += i,
                 None => {
                     id = self.conns.len();
@@ -595,7 +578,7 @@ impl Worker<'_> {
                 }
             }
             self.conns[id].retired = false;
-            self.open(id, now);
+            self.open(id, now, wire);
             active += 1;
         }
         for id in (0..self.conns.len()).rev() {
@@ -608,19 +591,19 @@ impl Worker<'_> {
             self.conns[id].retired = true;
             active -= 1;
             if self.conns[id].reader.in_flight() == 0 {
-                self.replace(id, now, false);
+                self.replace(id, now, false, wire);
             }
         }
     }
 
     /// Timeouts, due reconnects, the connection profile and the live
     /// counters.
-    fn tick(&mut self, now: u64) {
-        self.follow(now);
+    pub fn tick(&mut self, now: u64, wire: &mut impl Wire) {
+        self.follow(now, wire);
         for id in 0..self.conns.len() {
             let c = &self.conns[id];
             if c.retry_at.is_some_and(|t| t <= now) {
-                self.open(id, now);
+                self.open(id, now, wire);
                 continue;
             }
             let late = c
@@ -629,7 +612,7 @@ impl Worker<'_> {
                 .is_some_and(|s| now.saturating_sub(s.actual) > self.plan.timeout);
             if late {
                 self.tally.errors.timeout += c.reader.in_flight() as u64;
-                self.replace(id, now, false);
+                self.replace(id, now, false, wire);
             }
         }
         let t = &self.tally;
