@@ -35,6 +35,7 @@ fn options(url: &str) -> Options {
         reconnect_after: None,
         timeout: Duration::from_secs(5),
         live: false,
+        backend: Backend::Epoll,
     }
 }
 
@@ -44,6 +45,14 @@ fn backends() -> Vec<Backend> {
         b.push(Backend::Uring);
     }
     b
+}
+
+/// Server backends by client backends (io_uring where the kernel allows).
+fn pairs() -> Vec<(Backend, Backend)> {
+    let b = backends();
+    b.iter()
+        .flat_map(|&s| b.iter().map(move |&c| (s, c)))
+        .collect()
 }
 
 /// The server answered every response the client counted, and at most
@@ -61,14 +70,19 @@ fn assert_counts_agree(server: &TestServer, out: &Outcome) {
 
 #[test]
 fn closed_loop_pipelined_counts_match_the_server() {
-    for backend in backends() {
+    for (backend, client) in pairs() {
         let server = TestServer::start(config(backend));
         let mut opts = options(&format!("http://{}/plaintext", server.addr));
+        opts.backend = client;
         opts.pipeline = 8;
         opts.warmup = Duration::from_millis(200);
         let out = load::run(&opts).unwrap();
         let t = &out.tally;
-        assert!(t.responses > 1000, "{backend:?}: {}", t.responses);
+        assert!(
+            t.responses > 1000,
+            "{backend:?}/{client:?}: {}",
+            t.responses
+        );
         assert_eq!(t.errors.total(), 0, "{backend:?}: {:?}", t.errors);
         assert_eq!(t.statuses[200], t.responses);
         assert!(t.warmup_responses > 0);
@@ -80,16 +94,20 @@ fn closed_loop_pipelined_counts_match_the_server() {
 
 #[test]
 fn open_loop_holds_its_rate() {
-    for backend in backends() {
+    for (backend, client) in pairs() {
         let server = TestServer::start(config(backend));
         let mut opts = options(&format!("http://{}/plaintext", server.addr));
+        opts.backend = client;
         opts.profile = Some(schedule::parse_profile("2000@1s").unwrap());
         opts.duration = Duration::from_secs(1);
         let out = load::run(&opts).unwrap();
         let t = &out.tally;
         // 2000 due; the last few may still be in flight.
         let sent = t.responses + t.in_flight_end;
-        assert!((1990..=2000).contains(&sent), "{backend:?}: {sent}");
+        assert!(
+            (1990..=2000).contains(&sent),
+            "{backend:?}/{client:?}: {sent}"
+        );
         assert_eq!(t.unsent_end, 0);
         assert_eq!(t.errors.total(), 0, "{:?}", t.errors);
         assert_eq!(t.lag.len(), 2000);
@@ -102,9 +120,10 @@ fn open_loop_holds_its_rate() {
 
 #[test]
 fn connection_per_request_opens_a_connection_each_time() {
-    for backend in backends() {
+    for (backend, client) in pairs() {
         let server = TestServer::start(config(backend));
         let mut opts = options(&format!("http://{}/plaintext", server.addr));
+        opts.backend = client;
         opts.conn_per_request = true;
         opts.connections = 4;
         opts.duration = Duration::from_millis(400);
@@ -134,24 +153,27 @@ fn reconnect_after_n_responses() {
 
 #[test]
 fn connection_profile_opens_and_retires_connections() {
-    let server = TestServer::start(config(Backend::Epoll));
-    let mut opts = options(&format!("http://{}/plaintext", server.addr));
-    opts.cpus = vec![None];
-    opts.conn_profile = Some(schedule::parse_profile("2@300ms,8@300ms,3@300ms").unwrap());
-    opts.duration = Duration::from_millis(900);
-    let out = load::run(&opts).unwrap();
-    let t = &out.tally;
-    assert_eq!(t.errors.total(), 0, "{:?}", t.errors);
-    // 2 at first, 6 more for the second step; the third step retires 5.
-    assert_eq!(t.connects, 8);
-    assert!(t.in_flight_end <= 3, "{}", t.in_flight_end);
-    let closed = server.total(|s| s.closed.get());
-    assert!(
-        common::net::eventually(Duration::from_secs(2), || server.total(|s| s.closed.get())
-            >= 5),
-        "{closed} closed"
-    );
-    assert_counts_agree(&server, &out);
+    for client in backends() {
+        let server = TestServer::start(config(Backend::Epoll));
+        let mut opts = options(&format!("http://{}/plaintext", server.addr));
+        opts.backend = client;
+        opts.cpus = vec![None];
+        opts.conn_profile = Some(schedule::parse_profile("2@300ms,8@300ms,3@300ms").unwrap());
+        opts.duration = Duration::from_millis(900);
+        let out = load::run(&opts).unwrap();
+        let t = &out.tally;
+        assert_eq!(t.errors.total(), 0, "{client:?}: {:?}", t.errors);
+        // 2 at first, 6 more for the second step; the third step retires 5.
+        assert_eq!(t.connects, 8, "{client:?}");
+        assert!(t.in_flight_end <= 3, "{}", t.in_flight_end);
+        let closed = || server.total(|s| s.closed.get());
+        assert!(
+            common::net::eventually(Duration::from_secs(2), || closed() >= 5),
+            "{client:?}: {} closed",
+            closed()
+        );
+        assert_counts_agree(&server, &out);
+    }
 }
 
 /// A server that answers every read with `reply` and then does `after`.
@@ -184,9 +206,13 @@ fn garbage_and_closes_are_counted_errors_not_hangs() {
         ),
         (b"", true),
     ];
-    for (reply, close) in cases {
+    let runs = cases
+        .into_iter()
+        .flat_map(|c| backends().into_iter().map(move |b| (c, b)));
+    for ((reply, close), client) in runs {
         let addr = scripted(reply, close);
         let mut opts = options(&format!("http://{addr}/"));
+        opts.backend = client;
         opts.duration = Duration::from_millis(300);
         let started = Instant::now();
         let out = load::run(&opts).unwrap();
@@ -203,16 +229,23 @@ fn garbage_and_closes_are_counted_errors_not_hangs() {
 
 #[test]
 fn unanswered_requests_time_out() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut opts = options(&format!("http://{addr}/"));
-    opts.connections = 2;
-    opts.timeout = Duration::from_millis(100);
-    opts.duration = Duration::from_millis(500);
-    // The backlog completes the handshakes; nobody ever reads.
-    let out = load::run(&opts).unwrap();
-    assert!(out.tally.errors.timeout >= 2, "{:?}", out.tally.errors);
-    drop(listener);
+    for client in backends() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut opts = options(&format!("http://{addr}/"));
+        opts.backend = client;
+        opts.connections = 2;
+        opts.timeout = Duration::from_millis(100);
+        opts.duration = Duration::from_millis(500);
+        // The backlog completes the handshakes; nobody ever reads.
+        let out = load::run(&opts).unwrap();
+        assert!(
+            out.tally.errors.timeout >= 2,
+            "{client:?}: {:?}",
+            out.tally.errors
+        );
+        drop(listener);
+    }
 }
 
 #[test]

@@ -73,6 +73,10 @@ struct LoadArgs {
     /// A request body.
     #[arg(long)]
     body: Option<String>,
+    /// The threads' I/O: auto (io_uring where the kernel allows it, else
+    /// epoll), uring or epoll.
+    #[arg(long, value_enum, default_value_t = LoadBackend::Auto)]
+    backend: LoadBackend,
     /// Write the results as JSON to FILE (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -82,6 +86,13 @@ struct LoadArgs {
     /// No line per second.
     #[arg(short = 'q', long)]
     quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LoadBackend {
+    Auto,
+    Epoll,
+    Uring,
 }
 
 /// Newtypes, so clap sees one value where the parser returns a list.
@@ -240,6 +251,11 @@ fn options(a: &LoadArgs) -> Result<Options, String> {
         reconnect_after: a.reconnect_after,
         timeout: a.timeout,
         live: !a.quiet,
+        backend: match a.backend {
+            LoadBackend::Auto => crate::Backend::Auto,
+            LoadBackend::Epoll => crate::Backend::Epoll,
+            LoadBackend::Uring => crate::Backend::Uring,
+        },
     })
 }
 

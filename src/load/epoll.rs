@@ -82,8 +82,9 @@ pub fn run(plan: Plan, live: &Live) -> io::Result<Tally> {
             break;
         }
         load.send_due(now, &mut wire);
-        let wait = load.wait(now, next_tick);
-        match wire.poll.poll(&mut events, Some(wait)) {
+        // epoll_wait counts in milliseconds: under one, do not block.
+        let wait = Some(load.wait(now, next_tick)).filter(|w| w.as_millis() > 0);
+        match wire.poll.poll(&mut events, Some(wait.unwrap_or_default())) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),

@@ -12,6 +12,7 @@
 pub mod client;
 mod epoll;
 pub mod report;
+mod ring;
 pub mod schedule;
 pub mod worker;
 
@@ -108,11 +109,16 @@ pub struct Options {
     pub timeout: Duration,
     /// Print a line per second while running.
     pub live: bool,
+    /// The threads' I/O: `Auto` (io_uring where the kernel allows it),
+    /// `Uring` or `Epoll`.
+    pub backend: crate::Backend,
 }
 
 /// Why a run could not start.
 #[derive(Debug)]
 pub enum Error {
+    /// `--backend uring` on a kernel that refuses it (the reason).
+    Uring(String),
     /// A thread could not be set up (pinning, epoll).
     Setup(std::io::Error),
     /// A load thread panicked.
@@ -122,6 +128,7 @@ pub enum Error {
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Error::Uring(why) => write!(f, "io_uring unavailable: {why}"),
             Error::Setup(e) => write!(f, "cannot start a load thread: {e}"),
             Error::Thread => write!(f, "a load thread panicked"),
         }
@@ -166,10 +173,13 @@ pub struct Outcome {
     pub wall: Duration,
     /// Threads run.
     pub threads: usize,
+    /// The threads' I/O: `io_uring` or `epoll`.
+    pub backend: &'static str,
 }
 
 /// Runs the load and returns the merged measurements.
 pub fn run(opts: &Options) -> Result<Outcome, Error> {
+    let uring = backend(opts.backend)?;
     let threads = opts.cpus.len().max(1);
     let start = Instant::now();
     let warmup = nanos(opts.warmup);
@@ -232,7 +242,11 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
                 if let Some(cpu) = cpu {
                     crate::topology::pin_current_thread(cpu)?;
                 }
-                epoll::run(plan, &live[i])
+                if uring {
+                    ring::run(plan, &live[i])
+                } else {
+                    epoll::run(plan, &live[i])
+                }
             })
             .map_err(Error::Setup)?;
         handles.push(handle);
@@ -250,7 +264,18 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
         elapsed: opts.duration,
         wall: start.elapsed(),
         threads,
+        backend: if uring { "io_uring" } else { "epoll" },
     })
+}
+
+/// Whether the threads run on io_uring: `Auto` probes it (and falls back
+/// to epoll), `Uring` insists.
+pub fn backend(choice: crate::Backend) -> Result<bool, Error> {
+    match choice {
+        crate::Backend::Epoll => Ok(false),
+        crate::Backend::Uring => ring::probe().map(|()| true).map_err(Error::Uring),
+        crate::Backend::Auto => Ok(ring::probe().is_ok()),
+    }
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -304,6 +329,7 @@ mod tests {
             reconnect_after: None,
             timeout: Duration::from_secs(1),
             live: false,
+            backend: crate::Backend::Epoll,
         };
         assert_eq!(
             opts.request(),

@@ -59,7 +59,11 @@ pub fn text(o: &Outcome, url: &str, mode: &str) -> String {
     let t = &o.tally;
     let secs = o.elapsed.as_secs_f64().max(1e-9);
     let mut s = String::new();
-    let _ = writeln!(s, "coreloop load {url}: {mode}, {:.1} s measured", secs);
+    let _ = writeln!(
+        s,
+        "coreloop load {url}: {mode}, {}, {secs:.1} s measured",
+        o.backend
+    );
     let _ = writeln!(
         s,
         "  responses   {} ({:.1}/s)",
@@ -165,13 +169,14 @@ pub fn json(o: &Outcome, url: &str, mode: &str) -> String {
         .collect();
     let e = &t.errors;
     format!(
-        "{{\"url\":{},\"mode\":{},\"seconds\":{secs:.3},\"threads\":{},\"responses\":{},\
+        "{{\"url\":{},\"mode\":{},\"backend\":\"{}\",\"seconds\":{secs:.3},\"threads\":{},\"responses\":{},\
 \"responses_per_second\":{:.1},\"statuses\":{{{}}},\"latency_us\":{},\"uncorrected_latency_us\":{},\
 \"send_lag_us\":{},\"errors\":{{\"connect\":{},\"read\":{},\"write\":{},\"timeout\":{},\"framing\":{},\"closed\":{}}},\
 \"in_flight_at_end\":{},\"unsent_at_end\":{},\"connections_opened\":{},\"warmup_responses\":{},\
 \"client_cpu_seconds\":{:.4},\"client_cpu_us_per_response\":{:.4}}}\n",
         quote(url),
         quote(mode),
+        o.backend,
         o.threads,
         t.responses,
         t.responses as f64 / secs,

@@ -395,7 +395,7 @@ impl<'a> Load<'a> {
     }
 
     /// How long to block: until the next tick, or (open loop) the next
-    /// due request; under a millisecond (epoll's resolution), not at all.
+    /// due request (at once when one is due and a connection is free).
     pub fn wait(&mut self, now: u64, next_tick: u64) -> Duration {
         let mut until = next_tick.min(self.plan.end);
         if let Some(s) = &mut self.plan.schedule {
@@ -405,12 +405,7 @@ impl<'a> Load<'a> {
                 }
             }
         }
-        let left = until.saturating_sub(now);
-        if left < 1_000_000 {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(left)
-        }
+        Duration::from_nanos(until.saturating_sub(now))
     }
 
     fn open(&mut self, id: usize, now: u64, wire: &mut impl Wire) {
