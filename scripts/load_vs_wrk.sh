@@ -7,6 +7,7 @@
 # give the figure, so both clients are measured the same way.
 #
 #   ROUNDS=5 DURATION=10 scripts/load_vs_wrk.sh
+#   LOAD_BACKEND=epoll ROUNDS=5 scripts/load_vs_wrk.sh   # our client on epoll
 #
 # Prints one line per run, then per workload: medians, paired ratios (ours
 # / wrk's per round), the smallest of ours against the largest of wrk's,
@@ -18,7 +19,8 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
 DEPTH=${DEPTH:-16}
-BACKEND=${BACKEND:-auto}
+BACKEND=${BACKEND:-auto}            # the server's
+LOAD_BACKEND=${LOAD_BACKEND:-auto}  # coreloop load's
 PORT=${PORT:-18090}
 LOG_TAG=load_vs_wrk
 TMP=$(mktemp -d)
@@ -59,9 +61,9 @@ run_one() {    # run_one CLIENT WORKLOAD -> "cpu served ours_count"
     before=$(served)
     case "$client/$workload" in
         ours/keepalive)
-            cpu=$(cpu_of taskset -c 1 "$BIN" load "$URL" -c "$CONNS" -d "${DURATION}s" -q --json - ) ;;
+            cpu=$(cpu_of taskset -c 1 "$BIN" load "$URL" --backend "$LOAD_BACKEND" -c "$CONNS" -d "${DURATION}s" -q --json - ) ;;
         ours/pipelined)
-            cpu=$(cpu_of taskset -c 1 "$BIN" load "$URL" -c "$CONNS" -d "${DURATION}s" -q --pipeline "$DEPTH" --json -) ;;
+            cpu=$(cpu_of taskset -c 1 "$BIN" load "$URL" --backend "$LOAD_BACKEND" -c "$CONNS" -d "${DURATION}s" -q --pipeline "$DEPTH" --json -) ;;
         wrk/keepalive)
             cpu=$(cpu_of taskset -c 1 wrk -t1 -c "$CONNS" -d "${DURATION}s" "$URL") ;;
         wrk/pipelined)

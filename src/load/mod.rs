@@ -1,12 +1,14 @@
 //! `coreloop load`: an HTTP/1.1 load generator with a thread per CPU,
-//! pinned, each with its own connections and epoll instance, measuring
-//! per request (not per batch) into one HdrHistogram per thread, merged at
-//! the end.
+//! pinned, each with its own connections and its own io_uring ring (or
+//! epoll instance), measuring per request (not per batch) into one
+//! HdrHistogram per thread, merged at the end.
 //!
 //! - [`client`]: one connection's requests in flight and its response
 //!   parsing (the engine's reply parser), without I/O.
 //! - [`schedule`]: open-loop send times from a rate profile.
-//! - [`worker`]: one thread's event loop.
+//! - [`worker`]: one thread's policy (closed and open loop, profiles,
+//!   timeouts, counts), driven by a backend through the `Wire` trait.
+//! - `epoll` and `ring`: the two backends, side by side.
 //! - [`report`]: the summary, JSON and `.hgrm` output.
 
 pub mod client;
