@@ -396,6 +396,7 @@ impl<'a> Load<'a> {
 
     /// How long to block: until the next tick, or (open loop) the next
     /// due request (at once when one is due and a connection is free).
+    /// Both backends spin instead when this is under a millisecond.
     pub fn wait(&mut self, now: u64, next_tick: u64) -> Duration {
         let mut until = next_tick.min(self.plan.end);
         if let Some(s) = &mut self.plan.schedule {
