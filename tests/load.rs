@@ -109,7 +109,12 @@ fn open_loop_holds_its_rate() {
             "{backend:?}/{client:?}: {sent}"
         );
         assert_eq!(t.unsent_end, 0);
-        assert_eq!(t.errors.total(), 0, "{:?}", t.errors);
+        assert_eq!(
+            t.errors.total(),
+            0,
+            "{backend:?}/{client:?}: {:?}",
+            t.errors
+        );
         assert_eq!(t.lag.len(), 2000);
         // Unloaded: no request waits for a connection, so corrected and
         // uncorrected latency differ only by the send lag.
@@ -130,7 +135,12 @@ fn connection_per_request_opens_a_connection_each_time() {
         let out = load::run(&opts).unwrap();
         let t = &out.tally;
         assert!(t.responses > 100, "{}", t.responses);
-        assert_eq!(t.errors.total(), 0, "{:?}", t.errors);
+        assert_eq!(
+            t.errors.total(),
+            0,
+            "{backend:?}/{client:?}: {:?}",
+            t.errors
+        );
         assert!(t.connects >= t.responses, "{} connects", t.connects);
         let accepted = server.total(|s| s.accepted.get());
         assert!(accepted >= t.responses, "{accepted} accepted");

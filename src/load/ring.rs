@@ -7,7 +7,9 @@
 //!
 //! INVARIANT: a send's buffer stays allocated and unmodified until its
 //! completion: a connection closed with a send in flight moves the buffer
-//! to `graveyard`, freed only after the ring has no operation left.
+//! to `graveyard`, freed only after the ring has no operation left. And no
+//! queued SQE outlives its descriptor: a closed socket's descriptor is
+//! released only after the next submit (`closed`).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -50,6 +52,8 @@ struct Sockets {
     graveyard: Vec<Vec<u8>>,
     /// Operations submitted and not yet complete.
     ops: usize,
+    /// Sockets shut down whose descriptors close after the next submit.
+    closed: Vec<Socket>,
 }
 
 impl Sockets {
@@ -102,6 +106,7 @@ impl Sockets {
             let args = types::SubmitArgs::new().timespec(&ts);
             self.ring.submitter().submit_with_args(1, &args)
         };
+        self.closed.clear();
         match result {
             Ok(_) => Ok(()),
             Err(e)
@@ -145,6 +150,11 @@ impl Wire for Sockets {
         if let Some(sock) = slot.sock.take() {
             // Ends the multishot receive (a 0 completion) and any send.
             let _ = sock.shutdown(std::net::Shutdown::Both);
+            // SQEs name sockets by descriptor number, which the kernel
+            // looks up when it consumes them: the number stays this
+            // socket's until the queue is submitted, so no new socket (of
+            // any slot) can be given it and get a queued receive or send.
+            self.closed.push(sock);
         }
         if slot.busy {
             self.graveyard.push(std::mem::take(&mut slot.sending));
@@ -199,6 +209,7 @@ pub fn run(plan: Plan, live: &Live) -> io::Result<Tally> {
         slots: Vec::new(),
         graveyard: Vec::new(),
         ops: 0,
+        closed: Vec::new(),
     };
     let mut load = Load::new(plan, live);
     let result = drive(&mut load, &mut wire, &mut bufs);
