@@ -6,7 +6,6 @@
 //! median and a bootstrap 95% interval. A against itself (A/A) shows the
 //! noise floor an effect must clear.
 
-use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -198,7 +197,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn();
-        let _ = set_mask(&mine);
+        let _ = crate::topology::set_affinity(&mine);
         let child =
             spawned.map_err(|e| Error::Server(format!("{} {}: {e}", arm.name, arm.program)))?;
         let mut server = Server { child };
@@ -260,34 +259,10 @@ impl Drop for Server {
     }
 }
 
-fn set_mask(cpus: &[usize]) -> io::Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    for &c in cpus {
-        set.set(c).map_err(io::Error::from)?;
-    }
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
-}
-
-/// utime + stime of a process, from /proc/PID/stat (0 when gone).
+/// utime + stime of a process (0 when gone).
 fn process_cpu(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let total = ticks(11) + ticks(12);
-    // /proc counts in USER_HZ, 100 per second on every Linux architecture.
-    Duration::from_millis(total.saturating_mul(10))
+    crate::metrics::stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+        .map_or(Duration::ZERO, Duration::from_secs_f64)
 }
 
 #[cfg(test)]

@@ -283,6 +283,12 @@ fn parse_upstream_url(url: &str) -> Result<SocketAddr, String> {
             "--proxy upstream {url:?}: expected http://host[:port], with no path"
         ));
     }
+    resolve_authority(authority).map_err(|e| format!("--proxy upstream {url:?}: {e}"))
+}
+
+/// `host[:port]` of an http URL (port 80 when absent; `[v6]` hosts) to
+/// its first address. Used by `--proxy` and `coreloop load`.
+pub(crate) fn resolve_authority(authority: &str) -> Result<SocketAddr, String> {
     let with_port = if authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -293,9 +299,9 @@ fn parse_upstream_url(url: &str) -> Result<SocketAddr, String> {
     };
     with_port
         .to_socket_addrs()
-        .map_err(|e| format!("--proxy upstream {url:?}: {e}"))?
+        .map_err(|e| e.to_string())?
         .next()
-        .ok_or_else(|| format!("--proxy upstream {url:?}: no address"))
+        .ok_or_else(|| "no address".to_string())
 }
 
 /// A parsed `--proxy-protocol` list (a newtype: clap sees one value).

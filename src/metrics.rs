@@ -531,7 +531,13 @@ pub fn thread_cpu_seconds(tid: u32) -> Option<f64> {
     if tid == 0 {
         return None;
     }
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    stat_cpu_seconds(&format!("/proc/self/task/{tid}/stat"))
+}
+
+/// utime + stime, in seconds, from a /proc `stat` file (a process's or a
+/// thread's); `None` when it cannot be read.
+pub fn stat_cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command (which may hold spaces): state is the
     // first, utime the 12th, stime the 13th.
     let mut rest = stat.rsplit_once(") ")?.1.split_whitespace();

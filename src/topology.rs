@@ -14,8 +14,15 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
 
 /// Pins the calling thread to `cpu` (sched_setaffinity(2)).
 pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    set_affinity(&[cpu])
+}
+
+/// Lets the calling thread run on `cpus` only (sched_setaffinity(2)).
+pub fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
     let mut set = CpuSet::new();
-    set.set(cpu).map_err(std::io::Error::from)?;
+    for &cpu in cpus {
+        set.set(cpu).map_err(std::io::Error::from)?;
+    }
     sched_setaffinity(Pid::from_raw(0), &set).map_err(std::io::Error::from)
 }
 

@@ -109,10 +109,11 @@ impl BufRing {
     pub fn get(&self, bid: u16, len: usize) -> &[u8] {
         let bid = usize::from(bid % self.count);
         let len = len.min(self.size);
-        // SAFETY: bid < count, so the range lies inside the buffers
-        // allocation; the kernel finished writing before posting the
-        // completion that named this buffer, and it will not write to it
-        // again until `recycle` hands it back.
+        // SAFETY: bid < count, so the range lies inside the buffers'
+        // region (at least count x size bytes, checked in `new`); the
+        // kernel finished writing before posting the completion that named
+        // this buffer, and it will not write to it again until `recycle`
+        // hands it back.
         unsafe { std::slice::from_raw_parts(self.buffers.as_ptr().add(bid * self.size), len) }
     }
 
@@ -127,7 +128,7 @@ impl BufRing {
         // reads only entries between its head and the published tail, and
         // this slot lies beyond the published tail until `publish`.
         let entry = unsafe { &mut *self.entries.add(slot) };
-        // SAFETY: bid < count: the address is inside the buffers allocation.
+        // SAFETY: bid < count: the address is inside the buffers' region.
         entry.set_addr(unsafe { self.buffers.as_ptr().add(usize::from(bid) * self.size) } as u64);
         // NOTE(cast): size was checked to fit in u32 in `new`.
         entry.set_len(self.size as u32);

@@ -18,7 +18,7 @@ mod ring;
 pub mod schedule;
 pub mod worker;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,16 +58,8 @@ impl Target {
                 "invalid URL {url:?}: expected http://host[:port][/path]"
             ));
         }
-        let with_port = if authority.ends_with(']') || !authority.contains(':') {
-            format!("{authority}:80")
-        } else {
-            authority.to_string()
-        };
-        let addr = with_port
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {authority:?}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("cannot resolve {authority:?}: no address"))?;
+        let addr = crate::cli::resolve_authority(authority)
+            .map_err(|e| format!("cannot resolve {authority:?}: {e}"))?;
         Ok(Target {
             addr,
             host: authority.to_string(),
