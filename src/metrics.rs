@@ -201,6 +201,9 @@ pub struct CoreStats {
     pub ring_completions: Counter,
     /// io_uring: receives that found the buffer ring empty.
     pub ring_no_buffers: Counter,
+    /// io_uring: receive buffers the ring holds after each turn (the
+    /// window of `BufRing`).
+    pub ring_window: std::sync::atomic::AtomicU32,
     /// Upstream traffic of this core, all servers together.
     pub upstream: UpstreamCounters,
     /// The same per upstream server (`Config::upstreams`, group by group).
@@ -320,7 +323,7 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
         crate::access_log::DROPPED_LINES.load(std::sync::atomic::Ordering::Relaxed)
     );
     type Get = fn(&CoreStats) -> u64;
-    let simple: [(&str, &str, &str, Get); 14] = [
+    let simple: [(&str, &str, &str, Get); 16] = [
         (
             "connections_accepted_total",
             "counter",
@@ -404,6 +407,18 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
             "counter",
             "io_uring: completions reaped.",
             |s| s.ring_completions.get(),
+        ),
+        (
+            "ring_no_buffers_total",
+            "counter",
+            "io_uring: receives that found the buffer ring empty.",
+            |s| s.ring_no_buffers.get(),
+        ),
+        (
+            "ring_buffer_window",
+            "gauge",
+            "io_uring: receive buffers kept in the ring (the rest wait, coldest last).",
+            |s| u64::from(s.ring_window.load(Relaxed)),
         ),
     ];
     for (name, kind, help, get) in simple {

@@ -113,10 +113,15 @@ fn counts_a_known_load(backend: Backend) {
             assert!(m["coreloop_ring_submissions_total"] > 0);
             assert!(m["coreloop_ring_completions_total"] > 0);
             assert_eq!(m["coreloop_poll_wakeups_total"], 0);
+            // Two cores, each keeping at least 32 of its 1024 buffers in
+            // the ring and at most all of them.
+            let window = m["coreloop_ring_buffer_window"];
+            assert!((64..=2048).contains(&window), "window {window}");
         }
         _ => {
             assert!(m["coreloop_poll_wakeups_total"] > 0);
             assert_eq!(m["coreloop_ring_submissions_total"], 0);
+            assert_eq!(m["coreloop_ring_buffer_window"], 0);
         }
     }
 }

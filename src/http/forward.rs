@@ -9,7 +9,9 @@ use super::request::Request;
 
 /// Fields that describe one hop and are never forwarded (RFC 9110
 /// §7.6.1), and the framing fields, which are regenerated; both ways.
-pub(crate) const HOP_BY_HOP: [&str; 7] = [
+/// `hop_by_hop` matches them by length (and the tests hold it to this list).
+#[cfg(test)]
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "te",
@@ -23,13 +25,28 @@ pub(crate) const HOP_BY_HOP: [&str; 7] = [
 /// the body is already in hand).
 const REWRITTEN: [&str; 4] = ["expect", "x-forwarded-for", "x-forwarded-proto", "host"];
 
+/// Whether `name` is one of `HOP_BY_HOP` or a Proxy-* field: the length
+/// picks the candidates (every field of every request and reply passes
+/// here).
+pub(crate) fn hop_by_hop(name: &[u8]) -> bool {
+    let is = |d: &str| name.eq_ignore_ascii_case(d.as_bytes());
+    let listed = match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        14 => is("content-length"),
+        17 => is("transfer-encoding"),
+        _ => false,
+    };
+    listed || name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-")
+}
+
 /// Whether a request field stays on this side of the proxy.
-fn dropped(name: &str) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .chain(&REWRITTEN)
-        .any(|d| name.eq_ignore_ascii_case(d))
-        || name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-")
+fn dropped(name: &[u8]) -> bool {
+    hop_by_hop(name)
+        || REWRITTEN
+            .iter()
+            .any(|d| name.eq_ignore_ascii_case(d.as_bytes()))
 }
 
 /// An upstream request ready but for the client's address: the head ends
@@ -55,14 +72,8 @@ impl Outgoing {
     /// Completes the head with the client's address, and sets Host to
     /// `host` when given (or when the client sent none).
     pub fn finish(&mut self, peer: Option<std::net::IpAddr>, host: Option<&str>) {
-        use std::io::Write;
         let mut line = [0u8; 64];
-        let mut cursor = &mut line[..];
-        let _ = match peer {
-            Some(ip) => write!(cursor, "{ip}\r\n\r\n"),
-            None => write!(cursor, "unknown\r\n\r\n"),
-        };
-        let n = 64 - cursor.len();
+        let n = address_line(peer, &mut line);
         self.bytes
             .splice(self.head_end..self.head_end, line[..n].iter().copied());
         if let Some(host) = host {
@@ -71,6 +82,30 @@ impl Outgoing {
                 .for_each(drop);
         }
     }
+}
+
+/// Writes the X-Forwarded-For value and the head's end into `line`;
+/// returns its length. IPv4 by hand: `Display` for addresses pads through
+/// a formatter, a thousand instructions a request.
+fn address_line(peer: Option<std::net::IpAddr>, line: &mut [u8; 64]) -> usize {
+    use std::io::Write;
+    let mut cursor = &mut line[..];
+    let _ = match peer {
+        Some(std::net::IpAddr::V4(ip)) => {
+            let mut n = itoa::Buffer::new();
+            let [a, b, c, d] = ip.octets();
+            cursor.write_all(n.format(a).as_bytes()).and_then(|()| {
+                for octet in [b, c, d] {
+                    cursor.write_all(b".")?;
+                    cursor.write_all(n.format(octet).as_bytes())?;
+                }
+                cursor.write_all(b"\r\n\r\n")
+            })
+        }
+        Some(ip) => write!(cursor, "{ip}\r\n\r\n"),
+        None => cursor.write_all(b"unknown\r\n\r\n"),
+    };
+    64 - cursor.len()
 }
 
 /// Writes `req` for an upstream into `out` (its buffer cleared first).
@@ -87,14 +122,14 @@ pub fn write_request(req: &Request<'_>, out: &mut Outgoing) {
     put(buf, &[b"\r\n"]);
     let listed = req.header("connection").unwrap_or(b"");
     let mut prior_xff: Option<&[u8]> = None;
-    for (name, value) in req.headers() {
-        if name.eq_ignore_ascii_case("x-forwarded-for") && prior_xff.is_none() {
+    for (name, value) in req.fields() {
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") && prior_xff.is_none() {
             prior_xff = Some(value);
         }
         if dropped(name) || lists(listed, name) {
             continue;
         }
-        put(buf, &[name.as_bytes(), b": ", value, b"\r\n"]);
+        put(buf, &[name, b": ", value, b"\r\n"]);
     }
     let body = req.body();
     put_length(buf, method, body);
@@ -118,7 +153,7 @@ pub fn write_fetch(fetch: &super::fetch::Fetch, out: &mut Outgoing) {
     out.host = buf.len()..buf.len();
     put(buf, &[b"\r\n"]);
     for (name, value) in &fetch.headers {
-        if dropped(name) {
+        if dropped(name.as_bytes()) {
             continue;
         }
         put(buf, &[name.as_bytes(), b": ", value.as_bytes(), b"\r\n"]);
@@ -177,8 +212,65 @@ fn put(buf: &mut Vec<u8>, parts: &[&[u8]]) {
 }
 
 /// Whether the Connection field's comma-separated list names `name`.
-fn lists(connection: &[u8], name: &str) -> bool {
-    connection
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+fn lists(connection: &[u8], name: &[u8]) -> bool {
+    !connection.is_empty()
+        && connection
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn line(peer: Option<IpAddr>) -> String {
+        let mut buf = [0u8; 64];
+        let n = address_line(peer, &mut buf);
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_found_in_any_case() {
+        for name in HOP_BY_HOP {
+            assert!(hop_by_hop(name.as_bytes()), "{name}");
+            assert!(hop_by_hop(name.to_ascii_uppercase().as_bytes()), "{name}");
+        }
+        for name in ["Proxy-Authorization", "proxy-foo"] {
+            assert!(hop_by_hop(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "",
+            "t",
+            "tee",
+            "host",
+            "trailers",
+            "upgrades",
+            "connectio",
+            "proxy-",
+            "Content-Type",
+        ] {
+            assert!(!hop_by_hop(name.as_bytes()), "{name}");
+        }
+        assert!(dropped(b"X-Forwarded-For") && dropped(b"HOST") && dropped(b"Keep-Alive"));
+        assert!(!dropped(b"Accept"));
+    }
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.3.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(line(Some(ip)), format!("{ip}\r\n\r\n"));
+        }
+        assert_eq!(line(None), "unknown\r\n\r\n");
+    }
 }

@@ -7,7 +7,7 @@
 use std::mem::MaybeUninit;
 
 use super::body::Chunked;
-use super::forward::HOP_BY_HOP;
+use super::forward::hop_by_hop;
 
 /// Longest upstream head accepted.
 pub const MAX_REPLY_HEAD: usize = 16 * 1024;
@@ -124,7 +124,9 @@ fn build(
     let mut chunked = false;
     let mut coded = false;
     let mut close = !http11;
-    let mut listed: Vec<&[u8]> = Vec::new();
+    // Connection lists fields other than Keep-Alive (itself hop-by-hop):
+    // they go too.
+    let mut lists_fields = false;
     for h in headers {
         let v = h.value;
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -143,10 +145,12 @@ fn build(
             for token in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && !http11 {
-                    close = false;
+                    lists_fields = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    close &= http11;
+                } else {
+                    lists_fields = true;
                 }
-                listed.push(token);
             }
         }
     }
@@ -164,14 +168,9 @@ fn build(
     };
     for h in headers {
         let name = h.name;
-        let hop = HOP_BY_HOP
-            .iter()
-            .chain(&REWRITTEN)
-            .any(|d| name.eq_ignore_ascii_case(d))
-            || name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-")
-            || listed
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(name.as_bytes()));
+        let hop = hop_by_hop(name.as_bytes())
+            || REWRITTEN.iter().any(|d| name.eq_ignore_ascii_case(d))
+            || lists_fields && connection_lists(headers, name.as_bytes());
         if hop || h.value.iter().any(|&b| b == b'\r' || b == b'\n') {
             continue;
         }
@@ -189,12 +188,22 @@ fn build(
     })
 }
 
+/// Whether a Connection field of `headers` names `name`.
+fn connection_lists(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+}
+
 fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    // At most 19 digits: no overflow.
+    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Decodes a reply body as bytes arrive.
@@ -307,6 +316,32 @@ mod tests {
     }
 
     #[test]
+    fn lengths_are_digits_only() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b" 42 "), Some(42));
+        assert_eq!(
+            parse_length(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            &b""[..],
+            b"  ",
+            b"-1",
+            b"+1",
+            b"1 2",
+            b"0x10",
+            b"10000000000000000000",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
     fn hop_by_hop_fields_are_dropped() {
         let (_, h) = head(
             "HTTP/1.1 200 OK\r\nConnection: x-secret, keep-alive\r\nX-Secret: 1\r\n\
@@ -316,6 +351,15 @@ mod tests {
         .unwrap();
         assert_eq!(h.fields, b"X-App: yes\r\n");
         assert!(h.keep_alive);
+        // Two Connection fields; one names a field that came before it.
+        let (_, h) = head(
+            "HTTP/1.1 200 OK\r\nX-Early: 1\r\nConnection: close\r\nContent-Length: 0\r\n\
+             X-App: yes\r\nCONNECTION: x-early\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.fields, b"X-App: yes\r\n");
+        assert!(!h.keep_alive);
     }
 
     #[test]

@@ -55,18 +55,24 @@ impl<'a> Request<'a> {
 
     /// The first header field with this name (compared without case).
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.fields()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
+    }
+
+    /// All header fields in order, as bytes.
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let bytes = self.bytes;
+        self.head
+            .headers
+            .iter()
+            .map(move |(n, v)| (n.get(bytes), v.get(bytes)))
     }
 
     /// All header fields in order, names as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
-        let bytes = self.bytes;
-        self.head.headers.iter().map(move |(n, v)| {
-            let name = std::str::from_utf8(n.get(bytes)).unwrap_or("");
-            (name, v.get(bytes))
-        })
+        self.fields()
+            .map(|(n, v)| (std::str::from_utf8(n).unwrap_or(""), v))
     }
 
     /// The decoded body (empty when there is none).

@@ -571,6 +571,11 @@ impl<H: Handler> Loop<'_, H> {
             }
             self.flush_dirty();
             self.bufs.publish();
+            let window = u32::from(self.bufs.window());
+            self.env
+                .stats
+                .ring_window
+                .store(window, std::sync::atomic::Ordering::Relaxed);
             if let Some(report) = self.drain_done() {
                 return Ok(report);
             }
@@ -925,17 +930,20 @@ impl<H: Handler> Loop<'_, H> {
                 if e.linger_until.is_none() && !e.closing {
                     e.conn.handle_input(data, &mut self.env.ctx(now));
                 }
-                self.bufs.recycle(bid);
             }
         } else if res == 0 {
             e.eof = true;
             e.conn.handle_eof();
         } else if -res == libc::ENOBUFS {
             self.env.stats.ring_no_buffers.inc();
+            self.bufs.starved();
         } else if -res != libc::ECANCELED {
             e.eof = true;
             e.linger_until = None;
             e.conn.handle_abort();
+        }
+        if let Some(bid) = bid {
+            self.bufs.recycle(bid);
         }
         self.mark(ud.key);
     }

@@ -288,6 +288,9 @@ fn complete(
         }
         return Ok(());
     }
+    if let Some(bid) = bid.filter(|_| res <= 0) {
+        bufs.recycle(bid);
+    }
     match op {
         CONNECT if res < 0 => load.connect_failed(id, now, wire),
         CONNECT => {
@@ -309,7 +312,10 @@ fn complete(
             }
         }
         RECV if res == 0 => load.eof(id, now, wire),
-        RECV if -res == libc::ENOBUFS => wire.recv(id, bufs.group())?,
+        RECV if -res == libc::ENOBUFS => {
+            bufs.starved();
+            wire.recv(id, bufs.group())?;
+        }
         RECV => load.read_failed(id, now, wire),
         SEND if res < 0 => load.write_failed(id, now, wire),
         SEND => {
