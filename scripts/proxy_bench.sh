@@ -5,6 +5,9 @@
 #   scripts/proxy_bench.sh                      # DURATION=10s REPEAT=3
 #   DURATION=5s REPEAT=1 scripts/proxy_bench.sh # quick look
 #   CHECKS=0 scripts/proxy_bench.sh             # throughput table only
+#   REPEAT=20 DURATION=3s WORKLOADS=keepalive CHECKS=0 scripts/proxy_bench.sh
+#                       # many short rounds: on a noisy host, the paired
+#                       # ratio's interval narrows faster than with long rounds
 #
 # Chain: wrk -> proxy -> upstream. The proxy under test runs one worker
 # pinned to SERVER_CPU (default 0); wrk (one thread) and the upstream (nginx,
@@ -44,7 +47,7 @@
 #                upstream connects during the run; connects must not exceed
 #                the requests' concurrency (64) plus the per-core cap.
 #
-# Environment: DURATION, REPEAT, CHECKS, SLOW_SECS, SLOW_RSS_KIB, GAP_SECS,
+# Environment: DURATION, REPEAT, WORKLOADS (default "keepalive close"), CHECKS, SLOW_SECS, SLOW_RSS_KIB, GAP_SECS,
 # SERVER_CPU, CLIENT_CPU, BASE_PORT (default 19080; uses 5 ports), BIN
 # (default target/release/coreloop, built if missing).
 set -euo pipefail
@@ -52,6 +55,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 REPEAT=${REPEAT:-3}
+read -r -a WORKLOADS <<<"${WORKLOADS:-keepalive close}"
 CHECKS=${CHECKS:-1}
 SLOW_SECS=${SLOW_SECS:-20}
 SLOW_RSS_KIB=${SLOW_RSS_KIB:-2048}
@@ -184,6 +188,24 @@ ticks() {
 
 accepts() { curl -s "http://127.0.0.1:$UP/status" | awk 'NR == 3 {print $1}'; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+# "median [lo, hi]": the median and its 95% bootstrap interval (2000
+# resamples, fixed seed); just the median below 5 values.
+median_ci() {
+    printf '%s\n' "$@" | awk '
+        function med(x, n,   i, j, t) {
+            for (i = 2; i <= n; i++) { t = x[i]; for (j = i - 1; j > 0 && x[j] > t; j--) x[j + 1] = x[j]; x[j + 1] = t }
+            return (n % 2) ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
+        }
+        {v[NR] = $1}
+        END {
+            n = NR; for (i = 1; i <= n; i++) c[i] = v[i]; m = med(c, n)
+            if (n < 5) { printf "%.3f", m; exit }
+            srand(1)
+            for (b = 1; b <= 2000; b++) { for (i = 1; i <= n; i++) c[i] = v[int(rand() * n) + 1]; s[b] = med(c, n) }
+            med(s, 2000)
+            printf "%.3f [%.3f, %.3f]", m, s[50], s[1951]
+        }'
+}
 HZ=$(getconf CLK_TCK)
 
 start_upstream
@@ -191,7 +213,7 @@ for p in "${PROXIES[@]}"; do start_proxy "$p"; done
 
 declare -A RPS CPU CONNS RATIO
 for ((round = 0; round < REPEAT; round++)); do
-    for workload in keepalive close; do
+    for workload in "${WORKLOADS[@]}"; do
         extra=()
         [[ $workload == close ]] && extra=(-H "Connection: close")
         n=${#PROXIES[@]}
@@ -221,9 +243,9 @@ echo "## Reverse proxy: coreloop --proxy vs nginx proxy_pass"
 echo
 echo "\`scripts/proxy_bench.sh\` (DURATION=$DURATION REPEAT=$REPEAT), $(nproc) CPUs, $(uname -r). Proxy on CPU $SERVER_CPU, wrk -t1 -c64 and the upstream nginx on CPU $CLIENT_CPU (the client side saturates first: compare CPU per request). Medians of $REPEAT rounds."
 echo
-echo "| workload | proxy | req/s | CPU us/req | ratio to nginx (of medians) | ratio (median of rounds) | upstream conns/req |"
+echo "| workload | proxy | req/s | CPU us/req | ratio to nginx (of medians) | ratio (median of rounds [95% interval]) | upstream conns/req |"
 echo "|---|---|---|---|---|---|---|"
-for workload in keepalive close; do
+for workload in "${WORKLOADS[@]}"; do
     for p in "${PROXIES[@]}"; do
         # shellcheck disable=SC2086
         cm=$(median ${CPU[$workload,$p]})
@@ -232,7 +254,7 @@ for workload in keepalive close; do
         ratio=$(awk -v a="$cm" -v b="$nm" 'BEGIN {printf "%.2f", a / b}')
         paired=-
         # shellcheck disable=SC2086
-        [[ $p != nginx ]] && paired=$(median ${RATIO[$workload,$p]})
+        [[ $p != nginx ]] && paired=$(median_ci ${RATIO[$workload,$p]})
         # shellcheck disable=SC2086
         echo "| $workload | $p | $(median ${RPS[$workload,$p]}) | $cm | $ratio | $paired | $(median ${CONNS[$workload,$p]}) |"
     done

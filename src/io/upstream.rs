@@ -812,7 +812,10 @@ impl Upstreams {
                     server.fails = 0;
                     server.down_until = None;
                     let waited = now.saturating_duration_since(self.exchanges[ex].sent_at);
-                    let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+                    let us = waited
+                        .as_secs()
+                        .saturating_mul(1_000_000)
+                        .saturating_add(u64::from(waited.subsec_micros()));
                     let (g, s) = (link.group, link.server);
                     self.tally(g, s, |c| {
                         c.replies.inc();

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 /// Slot width. Deadlines are seconds long; 4 ms keeps them within a tick
 /// of exact without waking the loop more than 250 times a second.
 pub const TICK: Duration = Duration::from_millis(4);
+// NOTE(cast): 4 ms in nanoseconds fits in u64.
+const TICK_NANOS: u64 = TICK.as_nanos() as u64;
 /// Slots in one turn of the wheel (4 ms x 1024 = 4.1 s). Longer deadlines
 /// wait a few turns in their slot.
 const SLOTS: usize = 1024;
@@ -94,9 +96,16 @@ impl Wheel {
 
     /// The tick a deadline falls in, rounded up so nothing fires early.
     pub fn tick_of(&self, at: Instant) -> u64 {
-        let nanos = at.saturating_duration_since(self.origin).as_nanos();
-        let tick = TICK.as_nanos();
-        u64::try_from(nanos.div_ceil(tick)).unwrap_or(u64::MAX)
+        self.nanos_since_origin(at).div_ceil(TICK_NANOS)
+    }
+
+    /// In u64 (584 years), so dividing by the tick is a multiplication,
+    /// not a 128-bit division call on every arm.
+    fn nanos_since_origin(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.origin);
+        d.as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()))
     }
 
     /// Arms `(key, gen)` for `at`; returns where, for `remove`. With
@@ -179,8 +188,7 @@ impl Wheel {
 
     /// Moves every entry due at `now` into `due`.
     pub fn expire(&mut self, now: Instant, due: &mut Vec<(usize, u32)>) {
-        let nanos = now.saturating_duration_since(self.origin).as_nanos();
-        let until = u64::try_from(nanos / TICK.as_nanos()).unwrap_or(u64::MAX);
+        let until = self.nanos_since_origin(now) / TICK_NANOS;
         if until < self.cursor {
             return;
         }
