@@ -425,47 +425,30 @@ fn uring_with_batched_waits_serves() {
 /// (`buf_ring` unit tests) and every byte arrives intact.
 #[test]
 fn uring_buffer_window_widens_under_a_burst() {
-    if !common::net::uring_available() {
-        return;
-    }
-    let mut cfg = config(Backend::Uring);
-    cfg.workers = Some(1);
-    let server = TestServer::start(cfg);
-    let body: Vec<u8> = (0..64_000u32).map(|i| (i % 251) as u8).collect();
-    let mut clients: Vec<Client> = (0..100).map(|_| server.connect()).collect();
-    let head = format!(
-        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    for c in &mut clients {
-        c.send(head.as_bytes());
-        c.send(&body);
-    }
-    for c in &mut clients {
-        let r = c.read_response().unwrap();
-        assert_eq!(r.status, 200);
-        assert!(r.body == body, "body intact");
-    }
-    eprintln!(
-        "receives that found the ring empty: {}",
-        server.total(|s| s.ring_no_buffers.get())
-    );
+    echo_burst(1024, 4096, 100, 64_000);
 }
 
 /// With a tiny provided-buffer ring, receives run the ring dry (ENOBUFS):
 /// the server re-arms and slows down, it does not fail or lose bytes.
 #[test]
 fn uring_survives_a_dry_buffer_ring() {
+    echo_burst(2, 512, 40, 20_000);
+}
+
+/// `clients` connections each send a POST of `len` bytes at once to one
+/// io_uring core with `count` receive buffers of `size` bytes; every body
+/// must come back intact.
+fn echo_burst(count: u16, size: usize, clients: usize, len: u32) {
     if !common::net::uring_available() {
         return;
     }
     let mut cfg = config(Backend::Uring);
     cfg.workers = Some(1);
-    cfg.buf_count = 2;
-    cfg.buf_size = 512;
+    cfg.buf_count = count;
+    cfg.buf_size = size;
     let server = TestServer::start(cfg);
-    let body: Vec<u8> = (0..20_000u32).map(|i| (i % 241) as u8).collect();
-    let mut clients: Vec<Client> = (0..40).map(|_| server.connect()).collect();
+    let body: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+    let mut clients: Vec<Client> = (0..clients).map(|_| server.connect()).collect();
     let head = format!(
         "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
         body.len()
