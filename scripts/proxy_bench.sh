@@ -47,7 +47,12 @@
 #                upstream connects during the run; connects must not exceed
 #                the requests' concurrency (64) plus the per-core cap.
 #
-# Environment: DURATION, REPEAT, WORKLOADS (default "keepalive close"), CHECKS, SLOW_SECS, SLOW_RSS_KIB, GAP_SECS,
+# Each measured run follows an unmeasured WARMUP (default 1s) of the same
+# load, so a proxy that closed its idle upstream connections while the
+# others ran (coreloop's --upstream-idle-timeout is 1 s) is counted in its
+# steady state, not for the reconnects of every round (WARMUP=0: none).
+#
+# Environment: DURATION, REPEAT, WARMUP, WORKLOADS (default "keepalive close"), CHECKS, SLOW_SECS, SLOW_RSS_KIB, GAP_SECS,
 # SERVER_CPU, CLIENT_CPU, BASE_PORT (default 19080; uses 5 ports), BIN
 # (default target/release/coreloop, built if missing).
 set -euo pipefail
@@ -55,6 +60,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 REPEAT=${REPEAT:-3}
+WARMUP=${WARMUP:-1s}
 read -r -a WORKLOADS <<<"${WORKLOADS:-keepalive close}"
 CHECKS=${CHECKS:-1}
 SLOW_SECS=${SLOW_SECS:-20}
@@ -219,6 +225,9 @@ for ((round = 0; round < REPEAT; round++)); do
         n=${#PROXIES[@]}
         for ((i = 0; i < n; i++)); do
             p=${PROXIES[$(((i + round) % n))]}
+            if [[ ${WARMUP%s} != 0 ]]; then
+                taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d"$WARMUP" "${extra[@]}" "http://127.0.0.1:${PORT[$p]}/p/x" >/dev/null
+            fi
             a0=$(accepts); c0=$(ticks "${PID[$p]}")
             out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d"$DURATION" "${extra[@]}" "http://127.0.0.1:${PORT[$p]}/p/x")
             c1=$(ticks "${PID[$p]}"); a1=$(accepts)
@@ -241,7 +250,7 @@ done
 
 echo "## Reverse proxy: coreloop --proxy vs nginx proxy_pass"
 echo
-echo "\`scripts/proxy_bench.sh\` (DURATION=$DURATION REPEAT=$REPEAT), $(nproc) CPUs, $(uname -r). Proxy on CPU $SERVER_CPU, wrk -t1 -c64 and the upstream nginx on CPU $CLIENT_CPU (the client side saturates first: compare CPU per request). Medians of $REPEAT rounds."
+echo "\`scripts/proxy_bench.sh\` (DURATION=$DURATION REPEAT=$REPEAT WARMUP=$WARMUP), $(nproc) CPUs, $(uname -r). Proxy on CPU $SERVER_CPU, wrk -t1 -c64 and the upstream nginx on CPU $CLIENT_CPU (the client side saturates first: compare CPU per request). Medians of $REPEAT rounds."
 echo
 echo "| workload | proxy | req/s | CPU us/req | ratio to nginx (of medians) | ratio (median of rounds [95% interval]) | upstream conns/req |"
 echo "|---|---|---|---|---|---|---|"
