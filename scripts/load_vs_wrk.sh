@@ -38,7 +38,7 @@ URL="http://127.0.0.1:$PORT/plaintext"
 taskset -c 0 "$BIN" --port "$PORT" --workers 1 --cpus 0 --backend "$BACKEND" --no-files \
     --log-level warn &
 SERVER_PID=$!
-for _ in $(seq 50); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+wait_port "$PORT"
 
 served() {
     curl -fs "http://127.0.0.1:$PORT/metrics" |

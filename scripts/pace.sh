@@ -68,7 +68,7 @@ start() {   # start SERVER -> sets PORT and CPIDS (processes whose CPU counts)
     esac
     local pid=$!
     PIDS+=("$pid")
-    for _ in $(seq 50); do curl -fs "http://127.0.0.1:$PORT/plaintext" >/dev/null && break; sleep 0.1; done
+    wait_port "$PORT"
     CPIDS="$pid $( (pgrep -P "$pid" || true) | tr "\n" " ")"
 }
 

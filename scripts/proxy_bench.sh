@@ -173,15 +173,6 @@ EOF
     [[ $got == "hello from upstream" ]] || die "$name does not proxy: got '$got'"
 }
 
-wait_port() {
-    local i
-    for ((i = 0; i < 100; i++)); do
-        curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
-        sleep 0.1
-    done
-    die "nothing answers on port $1"
-}
-
 # utime+stime in clock ticks of PID and its children threads/processes.
 ticks() {
     local total=0 pid rest

@@ -36,7 +36,7 @@ cargo build --release -q
 BIN=target/release/coreloop
 taskset -c 0 "$BIN" --port "$PORT" --workers 1 --cpus 0 --no-files --log-level warn &
 SERVER_PID=$!
-for _ in $(seq 50); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+wait_port "$PORT"
 
 if [ -z "$RATE" ]; then
     taskset -c 1 "$BIN" load "http://127.0.0.1:$PORT/plaintext" -d 5s -c "$CONNS" -q \

@@ -323,7 +323,7 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
         crate::access_log::DROPPED_LINES.load(std::sync::atomic::Ordering::Relaxed)
     );
     type Get = fn(&CoreStats) -> u64;
-    let simple: [(&str, &str, &str, Get); 16] = [
+    let simple: [(&str, &str, &str, Get); 18] = [
         (
             "connections_accepted_total",
             "counter",
@@ -420,6 +420,18 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
             "io_uring: receive buffers kept in the ring (the rest wait, coldest last).",
             |s| u64::from(s.ring_window.load(Relaxed)),
         ),
+        (
+            "busy_poll_usecs",
+            "gauge",
+            "Busy polling of each core's poller as the kernel read it back (microseconds; 0: off).",
+            |s| u64::from(s.busy_poll_usecs.load(Relaxed)),
+        ),
+        (
+            "core_huge_page_bytes",
+            "gauge",
+            "Bytes of each core's receive buffers on huge pages (--huge-pages' read-back).",
+            |s| s.huge_page_bytes.load(Relaxed),
+        ),
     ];
     for (name, kind, help, get) in simple {
         let mut family = Family::new(out, name, kind, help);
@@ -449,19 +461,6 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
     );
     upstreams(cores, out);
     cpu_seconds(cores, out);
-    let mut busy = Family::new(
-        out,
-        "busy_poll_usecs",
-        "gauge",
-        "Busy polling of each core's poller as the kernel read it back (microseconds; 0: off).",
-    );
-    for (core, s) in cores.iter().enumerate() {
-        busy.sample(
-            core,
-            None,
-            u64::from(s.busy_poll_usecs.load(std::sync::atomic::Ordering::Relaxed)),
-        );
-    }
     placement(cores, out);
     let deadlines = Deadline::ALL.map(Deadline::name);
     labelled(
@@ -475,9 +474,8 @@ pub fn prometheus(cores: &AllStats, backend: &str, out: &mut String) {
     );
 }
 
-/// Where each core's memory sits: its CPU's NUMA node, its receive
-/// buffers' node (cores whose node is unknown have no sample), and their
-/// bytes on huge pages.
+/// Where each core's memory sits: its CPU's NUMA node and its receive
+/// buffers' node (cores whose node is unknown have no sample).
 fn placement(cores: &AllStats, out: &mut String) {
     use std::sync::atomic::Ordering::Relaxed;
     node_family(
@@ -494,15 +492,6 @@ fn placement(cores: &AllStats, out: &mut String) {
         "The NUMA node each core's receive buffers sit on (--numa's read-back).",
         |s| s.memory_node.load(Relaxed),
     );
-    let mut huge = Family::new(
-        out,
-        "core_huge_page_bytes",
-        "gauge",
-        "Bytes of each core's receive buffers on huge pages (--huge-pages' read-back).",
-    );
-    for (core, s) in cores.iter().enumerate() {
-        huge.sample(core, None, s.huge_page_bytes.load(Relaxed));
-    }
 }
 
 /// A node per core, stored plus one (0: unknown, no sample).

@@ -107,6 +107,18 @@ impl BufRing {
         Ok(ring)
     }
 
+    /// Whether the kernel behind `ring` takes a provided buffer ring:
+    /// registers a tiny one, then ends the ring and the buffers, in that
+    /// order (module INVARIANT). Linux 5.19+.
+    pub fn probe(ring: io_uring::IoUring) -> io::Result<()> {
+        let region = Region::map(2 * 512, super::region::HugePages::Off)?;
+        let bufs = BufRing::new(&ring.submitter(), region, 2, 512, 7)?;
+        let _ = bufs.unregister(&ring.submitter());
+        drop(ring);
+        drop(bufs);
+        Ok(())
+    }
+
     /// The memory the buffers live in.
     pub fn region(&self) -> &Region {
         &self.buffers

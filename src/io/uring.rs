@@ -239,14 +239,8 @@ pub fn probe(config: &Config) -> Result<(), String> {
             return Err(format!("the kernel lacks the io_uring {name} opcode"));
         }
     }
-    let region = Region::map(2 * 512, HugePages::Off)
-        .map_err(|e| format!("cannot map the receive buffers: {e}"))?;
-    let bufs = BufRing::new(&ring.submitter(), region, 2, 512, 7)
-        .map_err(|e| format!("provided buffer rings refused (Linux 5.19+ needed): {e}"))?;
-    let _ = bufs.unregister(&ring.submitter());
-    drop(ring);
-    drop(bufs);
-    Ok(())
+    BufRing::probe(ring)
+        .map_err(|e| format!("provided buffer rings refused (Linux 5.19+ needed): {e}"))
 }
 
 /// The optional io_uring features coreloop's knobs use, as this kernel

@@ -226,8 +226,7 @@ impl Wheel {
             .unwrap_or(SLOTS as u64);
         // u64 nanoseconds: a u32 tick count would saturate after 199 days
         // of uptime and turn every wait into a busy zero.
-        // NOTE(cast): TICK is 4 ms, far below u64::MAX nanoseconds.
-        let nanos = (self.cursor + ahead).saturating_mul(TICK.as_nanos() as u64);
+        let nanos = (self.cursor + ahead).saturating_mul(TICK_NANOS);
         let at = self.origin + Duration::from_nanos(nanos);
         Some(at.saturating_duration_since(now))
     }

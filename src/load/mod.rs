@@ -272,6 +272,7 @@ pub fn backend(choice: crate::Backend) -> Result<bool, Error> {
     }
 }
 
+/// A duration in nanoseconds, saturating (584 years).
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

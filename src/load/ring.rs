@@ -182,13 +182,7 @@ impl Wire for Sockets {
 /// buffer ring, and the opcodes); `Err` says why not.
 pub fn probe() -> Result<(), String> {
     let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup: {e}"))?;
-    let region = Region::map(2 * 512, HugePages::Off).map_err(|e| e.to_string())?;
-    let bufs = BufRing::new(&ring.submitter(), region, 2, 512, 1)
-        .map_err(|e| format!("provided buffer rings refused (Linux 5.19+): {e}"))?;
-    let _ = bufs.unregister(&ring.submitter());
-    drop(ring);
-    drop(bufs);
-    Ok(())
+    BufRing::probe(ring).map_err(|e| format!("provided buffer rings refused (Linux 5.19+): {e}"))
 }
 
 /// Runs one thread's share of the load on io_uring until the plan's end.

@@ -303,7 +303,7 @@ impl<'a> Load<'a> {
 
     /// Nanoseconds since the run's start.
     pub fn now(&self) -> u64 {
-        u64::try_from(self.plan.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        super::nanos(self.plan.start.elapsed())
     }
 
     /// Whether slot `id` has connected.
